@@ -64,3 +64,17 @@ func RunIn(procs []string, argv ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+// SearchableTempDir returns t.TempDir() with it and its parent opened
+// for search by other users (the testing package makes them 0700), so
+// that a QEMU running as another user can reach files below it.
+func SearchableTempDir(t testing.TB) string {
+	t.Helper()
+	d := t.TempDir()
+	for _, p := range []string{filepath.Dir(d), d} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
