@@ -211,8 +211,8 @@ func TestLoadContexts(t *testing.T) {
 
 func TestWithCategories(t *testing.T) {
 	for in, want := range map[string]string{
-		"system_u:system_r:svirt_t:s0":              "system_u:system_r:svirt_t:s0:c1,c2",
-		"system_u:system_r:svirt_t:s0:c3,c4":        "system_u:system_r:svirt_t:s0:c1,c2",
+		"system_u:system_r:svirt_t:s0":             "system_u:system_r:svirt_t:s0:c1,c2",
+		"system_u:system_r:svirt_t:s0:c3,c4":       "system_u:system_r:svirt_t:s0:c1,c2",
 		"system_u:system_r:svirt_t:s0-s0:c0.c1023": "system_u:system_r:svirt_t:s0:c1,c2",
 	} {
 		got, err := WithCategories(in, "c1,c2")

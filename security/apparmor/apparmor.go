@@ -1,0 +1,300 @@
+// Package apparmor is the AppArmor sVirt driver's logic: a profile
+// libvirt-<uuid> per guest generated from a TEMPLATE, and its .files
+// companion listing the guest's files, rewritten when they change. Loading
+// goes through Loader so that the logic is tested without AppArmor.
+package apparmor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Loader loads and unloads profiles in the kernel.
+type Loader interface {
+	// Load (re)loads the profile in file path.
+	Load(path string) error
+	// Unload removes the profile defined in file path.
+	Unload(path string) error
+}
+
+// Parser is the real Loader: apparmor_parser.
+type Parser struct {
+	// Path is the apparmor_parser binary; empty means look it up in PATH.
+	Path string
+}
+
+func (p Parser) run(args ...string) error {
+	bin := p.Path
+	if bin == "" {
+		var err error
+		if bin, err = exec.LookPath("apparmor_parser"); err != nil {
+			return fmt.Errorf("apparmor_parser: %w", err)
+		}
+	}
+	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", bin, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Load implements Loader (apparmor_parser -r).
+func (p Parser) Load(path string) error { return p.run("-r", path) }
+
+// Unload implements Loader (apparmor_parser -R).
+func (p Parser) Unload(path string) error { return p.run("-R", path) }
+
+// Memory is an in-memory Loader for tests: it records the text of each
+// loaded profile file.
+type Memory struct {
+	mu     sync.Mutex
+	loaded map[string]string
+}
+
+// Load implements Loader.
+func (m *Memory) Load(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.loaded == nil {
+		m.loaded = map[string]string{}
+	}
+	m.loaded[filepath.Base(path)] = string(b)
+	return nil
+}
+
+// Unload implements Loader.
+func (m *Memory) Unload(path string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.loaded[filepath.Base(path)]; !ok {
+		return fmt.Errorf("profile %s is not loaded", filepath.Base(path))
+	}
+	delete(m.loaded, filepath.Base(path))
+	return nil
+}
+
+// Loaded returns the profile names currently loaded.
+func (m *Memory) Loaded() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for k := range m.loaded {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Placeholder is the word of TEMPLATE replaced by the profile name (as
+// in libvirt's templates).
+const Placeholder = "LIBVIRT_TEMPLATE"
+
+// DefaultTemplate is used when the profile directory has no TEMPLATE.
+// It allows what every QEMU needs; each guest's own files come from the
+// .files companion, included before the closing brace.
+const DefaultTemplate = `#include <tunables/global>
+
+profile LIBVIRT_TEMPLATE flags=(attach_disconnected) {
+  #include <abstractions/base>
+  include if exists <abstractions/libvirt-qemu>
+
+  capability dac_override,
+  capability dac_read_search,
+  capability chown,
+
+  network inet stream,
+  network inet6 stream,
+  network unix stream,
+
+  /dev/null rw,
+  /dev/full rw,
+  /dev/zero rw,
+  /dev/random r,
+  /dev/urandom r,
+  /dev/ptmx rw,
+  /dev/pts/* rw,
+  /dev/kvm rw,
+  /dev/net/tun rw,
+  /dev/vhost-net rw,
+
+  @{PROC}/@{pid}/** r,
+  @{PROC}/sys/vm/overcommit_memory r,
+  /sys/devices/system/cpu/** r,
+  /sys/devices/system/node/** r,
+
+  /usr/share/qemu/** r,
+  /usr/share/seabios/** r,
+  /usr/share/ovmf/** r,
+  /usr/lib/ipxe/** r,
+  /usr/share/ipxe/** r,
+  /usr/lib/@{multiarch}/qemu/*.so mr,
+  /usr/lib/x86_64-linux-gnu/qemu/*.so mr,
+  /etc/qemu/** r,
+}
+`
+
+// Rule is one line of the .files companion: a path and its permissions
+// ("r", "rwk", "rmix"...).
+type Rule struct {
+	Path  string
+	Perms string
+}
+
+// Profiles manages the guest profiles in one directory
+// (/etc/apparmor.d/libvirt on a real host).
+type Profiles struct {
+	Dir    string
+	Loader Loader
+}
+
+// Name is the profile name of a guest.
+func Name(uuid string) string { return "libvirt-" + uuid }
+
+// ProfileText is the guest profile made from template: the placeholder
+// becomes the name and an include of the .files companion (by absolute
+// path, so the profile directory can be anywhere) goes before the last
+// brace.
+func ProfileText(template, name, filesPath string) (string, error) {
+	if !strings.Contains(template, Placeholder) {
+		return "", fmt.Errorf("apparmor TEMPLATE has no %s placeholder", Placeholder)
+	}
+	i := strings.LastIndex(template, "}")
+	if i < 0 {
+		return "", errors.New("apparmor TEMPLATE has no profile body")
+	}
+	body := strings.ReplaceAll(template[:i], Placeholder, name)
+	return body + "  #include " + quote(filesPath) + "\n" + template[i:], nil
+}
+
+// FilesText is the .files companion for the rules.
+func FilesText(rules []Rule) string {
+	var b strings.Builder
+	b.WriteString("# Generated by qemufs for this guest's files; rewritten when they change.\n")
+	for _, r := range rules {
+		fmt.Fprintf(&b, "  %s %s,\n", quote(r.Path), r.Perms)
+	}
+	return b.String()
+}
+
+// quote writes a path as a quoted AppArmor path with its glob and quoting
+// characters escaped, so that a file name is matched literally.
+func quote(p string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range p {
+		if strings.ContainsRune(`"\*?[]{}^`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+func (p *Profiles) template() (string, error) {
+	for _, n := range []string{"TEMPLATE.qemu", "TEMPLATE"} {
+		b, err := os.ReadFile(filepath.Join(p.Dir, n))
+		if err == nil {
+			return string(b), nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return "", err
+		}
+	}
+	return DefaultTemplate, nil
+}
+
+func (p *Profiles) paths(uuid string) (profile, files string) {
+	name := Name(uuid)
+	return filepath.Join(p.Dir, name), filepath.Join(p.Dir, name+".files")
+}
+
+// Create writes and loads the profile of a guest: the profile from the
+// template unless one already exists (an administrator may have tuned
+// it), and the .files companion from rules. It returns the profile name.
+// On error nothing it made is left.
+func (p *Profiles) Create(uuid string, rules []Rule) (string, error) {
+	if uuid == "" || strings.ContainsAny(uuid, "/\x00") {
+		return "", fmt.Errorf("apparmor profile: bad uuid %q", uuid)
+	}
+	name := Name(uuid)
+	prof, files := p.paths(uuid)
+	var made []string
+	undo := func() {
+		for _, f := range made {
+			os.Remove(f)
+		}
+	}
+	if _, err := os.Stat(prof); errors.Is(err, os.ErrNotExist) {
+		tmpl, err := p.template()
+		if err != nil {
+			return "", fmt.Errorf("apparmor profile %s: %w", name, err)
+		}
+		text, err := ProfileText(tmpl, name, files)
+		if err != nil {
+			return "", err
+		}
+		if err := os.MkdirAll(p.Dir, 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(prof, []byte(text), 0o644); err != nil {
+			return "", err
+		}
+		made = append(made, prof)
+	}
+	if err := os.WriteFile(files, []byte(FilesText(rules)), 0o644); err != nil {
+		undo()
+		return "", err
+	}
+	made = append(made, files)
+	if err := p.Loader.Load(prof); err != nil {
+		undo()
+		return "", fmt.Errorf("load apparmor profile %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// Update rewrites a loaded guest profile's .files for the new rules and
+// reloads it (a disk added or removed).
+func (p *Profiles) Update(uuid string, rules []Rule) error {
+	prof, files := p.paths(uuid)
+	old, err := os.ReadFile(files)
+	if err != nil {
+		return fmt.Errorf("apparmor profile %s: %w", Name(uuid), err)
+	}
+	if err := os.WriteFile(files, []byte(FilesText(rules)), 0o644); err != nil {
+		return err
+	}
+	if err := p.Loader.Load(prof); err != nil {
+		_ = os.WriteFile(files, old, 0o644)
+		return fmt.Errorf("reload apparmor profile %s: %w", Name(uuid), err)
+	}
+	return nil
+}
+
+// Remove unloads a guest's profile and deletes both of its files, as
+// libvirt does when the guest stops.
+func (p *Profiles) Remove(uuid string) error {
+	prof, files := p.paths(uuid)
+	var errs []error
+	if _, err := os.Stat(prof); err == nil {
+		if err := p.Loader.Unload(prof); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, f := range []string{prof, files} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
