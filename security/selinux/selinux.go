@@ -240,3 +240,17 @@ func (m *MCS) InUse() int {
 	defer m.mu.Unlock()
 	return len(m.used)
 }
+
+// HostContexts loads the contexts of the policy named in
+// /etc/selinux/config (SELINUXTYPE, default "targeted").
+func HostContexts() Contexts {
+	policy := "targeted"
+	if b, err := os.ReadFile("/etc/selinux/config"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "SELINUXTYPE="); ok && v != "" && !strings.Contains(v, "/") {
+				policy = v
+			}
+		}
+	}
+	return LoadContexts(filepath.Join("/etc/selinux", policy, "contexts"))
+}
