@@ -14,6 +14,26 @@ type Host struct {
 	NUMA      []NUMACell
 	IOMMU     bool
 	SecModels []SecModel
+
+	// PageSizesKiB lists the page sizes the host offers (base page first,
+	// then huge pages), in KiB.
+	PageSizesKiB []uint64
+	// Caches lists the host's shared CPU cache banks (level 3 when the
+	// host has one, else the last level found).
+	Caches []CacheBank
+	// PowerManagement lists host suspend targets libvirt-style:
+	// "suspend_mem", "suspend_disk", "suspend_hybrid".
+	PowerManagement []string
+	// MigrationTransports lists URI transports for live migration ("tcp").
+	MigrationTransports []string
+	// SWTPM is the path of the swtpm binary (TPM emulator backend), "" when
+	// the host has none.
+	SWTPM string
+	// HVF reports that macOS Hypervisor.framework is usable (always false
+	// elsewhere).
+	HVF bool
+	// KVM reports that the KVM device is present and can be opened.
+	KVM bool
 }
 
 // HostCPU is the host processor as libvirt reports it.
@@ -26,7 +46,18 @@ type HostCPU struct {
 	Dies      int
 	Cores     int
 	Threads   int
-	Features  []string
+	// Features lists the host features (QEMU spelling) that the model does
+	// not already imply: libvirt's <feature name=.../> under <host><cpu>.
+	// When no model could be matched it lists every known host feature.
+	Features []string
+
+	// Family, ModelNum and Stepping are the CPUID signature (x86).
+	Family, ModelNum, Stepping int
+	// PhysAddrBits is the physical address width ("address sizes").
+	PhysAddrBits int
+	// Flags is the raw /proc/cpuinfo flags list (Linux spelling), kept to
+	// compute host-model for each emulator without re-reading the host.
+	Flags []string
 }
 
 // NUMACell is one host NUMA node.
@@ -34,6 +65,44 @@ type NUMACell struct {
 	ID        int
 	MemoryKiB uint64
 	CPUs      []int
+
+	// Pages counts the free-able pages of each size reserved on the node
+	// (base pages: MemoryKiB / base size; huge pages: nr_hugepages).
+	Pages []PageCount
+	// Distances to every node, from /sys/devices/system/node/nodeN/distance.
+	Distances []NUMADistance
+	// Topology gives each of CPUs its place (same order as CPUs).
+	Topology []CPUTopology
+}
+
+// PageCount is how many pages of one size a NUMA cell holds.
+type PageCount struct {
+	SizeKiB uint64
+	Count   uint64
+}
+
+// NUMADistance is the distance from a cell to cell ID.
+type NUMADistance struct {
+	ID    int
+	Value int
+}
+
+// CPUTopology places one host CPU (libvirt's <cpu id socket_id ...>).
+type CPUTopology struct {
+	ID       int
+	SocketID int
+	DieID    int
+	CoreID   int
+	Siblings []int
+}
+
+// CacheBank is one CPU cache instance shared by some CPUs.
+type CacheBank struct {
+	ID      int
+	Level   int
+	Type    string // both, code, data
+	SizeKiB uint64
+	CPUs    []int
 }
 
 // SecModel is an active security model (libvirt's <secmodel>).
@@ -64,6 +133,19 @@ type Emulator struct {
 	// Err is set when probing this binary failed or timed out; such an
 	// emulator is reported, but no domain can use it.
 	Err string
+
+	// KVMPresent is query-kvm's "present": the binary was built with KVM.
+	KVMPresent bool
+	// ProbedAccel is the accelerator QEMU ran with while probing ("tcg" or
+	// "kvm"); CPUModel.Usable is relative to it.
+	ProbedAccel string
+	// CPUFeatures lists every boolean CPU feature property the binary knows
+	// (QEMU spelling), when its models were expanded (host arch only).
+	CPUFeatures []string
+	// Firmware lists the firmware images found on the host for this arch.
+	Firmware []Firmware
+	// Cached is true when these facts came from the cache, not a new probe.
+	Cached bool
 }
 
 // Machine is one machine type of an emulator.
@@ -73,6 +155,11 @@ type Machine struct {
 	MaxCPUs    int
 	Default    bool
 	Deprecated bool
+
+	DefaultCPUType   string // QOM type of the default CPU, "" if none
+	DefaultRAMID     string // id of the main RAM backend (-machine memory-backend)
+	NUMAMemSupported bool   // legacy -numa node,mem= is still accepted
+	HotplugCPUs      bool
 }
 
 // CPUModel is one named CPU model of an emulator.
@@ -82,4 +169,27 @@ type CPUModel struct {
 	Usable      bool // usable with the accelerator it was probed for (TCG)
 	Deprecated  bool
 	Unavailable []string // features that make it unusable
+
+	// AliasOf names the versioned model this name stands for ("" if none).
+	AliasOf string
+	// Vendor is the CPUID vendor string ("GenuineIntel"), when expanded.
+	Vendor string
+	// Features are the features the model enables (QEMU spelling), known
+	// only for models that were expanded (host-arch emulators).
+	Features []string
+}
+
+// Firmware is one firmware image a guest may boot.
+type Firmware struct {
+	Path string
+	// Interface is "bios" or "uefi".
+	Interface string
+	// Device is "memory" (loaded as ROM) or "flash" (pflash).
+	Device string
+	// NVRAMTemplate is the variable store template for flash images.
+	NVRAMTemplate string
+	// Machines are glob patterns of machine types it supports (empty: all).
+	Machines []string
+	// Features from the firmware descriptor: "secure-boot", "requires-smm"...
+	Features []string
 }
