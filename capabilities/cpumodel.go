@@ -15,8 +15,10 @@ var linuxToQEMU = map[string]string{
 // normFeature folds the spelling differences between Linux and QEMU
 // feature names: sse4_2 / sse4.2, avx512_bf16 / avx512-bf16.
 func normFeature(s string) string {
-	return strings.NewReplacer("_", "", "-", "", ".", "").Replace(strings.ToLower(s))
+	return featurePunct.Replace(strings.ToLower(s))
 }
+
+var featurePunct = strings.NewReplacer("_", "", "-", "", ".", "")
 
 // qemuFeatures maps Linux cpu flags to QEMU feature names, keeping only the
 // flags QEMU knows (the rest are kernel bookkeeping: constant_tsc, rep_good).
@@ -135,6 +137,8 @@ func matchModel(models []CPUModel, vendorID string, hostFeatures []string, usabl
 			mm.Extra = append(mm.Extra, f)
 		}
 	}
+	sort.Strings(mm.Extra)
+	sort.Strings(mm.Missing)
 	return mm, true
 }
 

@@ -198,13 +198,21 @@ func cpuXML(h *Host, e *Emulator, virt string) *node {
 			usable = yesNo(c.Usable)
 		}
 		attrs := []string{"usable", usable, "deprecated", yesNo(c.Deprecated)}
-		if v := libvirtVendor(c.Vendor); v != "" {
+		if v := modelVendor(e, c); v != "" {
 			attrs = append(attrs, "vendor", v)
 		}
 		if c.AliasOf != "" {
 			attrs = append(attrs, "canonical", c.AliasOf)
 		}
 		custom.add(textEl("model", c.Name, attrs...))
+		if usable == "no" && len(c.Unavailable) > 0 {
+			// What keeps the model from running here, as libvirt shows it.
+			b := el("blockers", "model", c.Name)
+			for _, f := range c.Unavailable {
+				b.add(el("feature", "name", f))
+			}
+			custom.add(b)
+		}
 	}
 	return cpu.add(custom)
 }
@@ -217,11 +225,22 @@ func accelOf(virt string) string {
 	return virt
 }
 
-func libvirtVendor(cpuid string) string {
-	return parseCPUInfoVendor(cpuid)
-}
-
-func parseCPUInfoVendor(id string) string {
+// modelVendor is a CPU model's vendor in libvirt's spelling: from its
+// expansion when it was expanded, else (x86) guessed from its name; "" for
+// generic models and other arches.
+func modelVendor(e *Emulator, c CPUModel) string {
+	id, name := c.Vendor, c.Name
+	if c.AliasOf != "" {
+		name = c.AliasOf
+		for _, m := range e.CPUModels {
+			if m.Name == c.AliasOf && id == "" {
+				id = m.Vendor
+			}
+		}
+	}
+	if id == "" && isX86(e.Arch) {
+		id = nameVendor(name)
+	}
 	if id == "" {
 		return ""
 	}

@@ -42,7 +42,7 @@ func probeHost(root string) Host {
 	topo := readTopology(root, cpus)
 	h.CPU.Sockets, h.CPU.Dies, h.CPU.Cores, h.CPU.Threads = summarizeTopology(topo)
 
-	h.PageSizesKiB = []uint64{uint64(os.Getpagesize() / 1024)}
+	h.PageSizesKiB = []uint64{basePageKiB}
 	huge, _ := filepath.Glob(filepath.Join(root, "sys/kernel/mm/hugepages/hugepages-*kB"))
 	for _, d := range sortHuge(huge) {
 		if n := hugeSize(d); n > 0 {
@@ -69,6 +69,9 @@ func probeHost(root string) Host {
 	}
 	return h
 }
+
+// basePageKiB is the host's base page size.
+var basePageKiB = uint64(os.Getpagesize() / 1024)
 
 // cpuInfo is the first processor of /proc/cpuinfo.
 type cpuInfo struct {

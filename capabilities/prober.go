@@ -73,6 +73,7 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 	// The model expansion needs the host CPU vendor, before the host part.
 	vendorID := cpuidVendor(parseCPUInfo(readFile(filepath.Join(p.hostRoot(), "proc/cpuinfo"))).vendor())
 
+	modTime := modulesTime(p.hostRoot())
 	paths := p.candidates()
 	caps.Emulators = make([]*Emulator, len(paths))
 	sem := make(chan struct{}, p.parallel())
@@ -81,7 +82,7 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			caps.Emulators[i] = p.emulator(ctx, path, hostKVM, hostHVF, vendorID)
+			caps.Emulators[i] = p.emulator(ctx, path, hostKVM, hostHVF, vendorID, modTime)
 		})
 	}
 	wg.Wait()
@@ -99,7 +100,7 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 		e.Firmware = firmware[e.Arch]
 	}
 	sortEmulators(caps.Emulators)
-	p.describeHostCPU(&caps.Host, caps.Emulators)
+	describeHostCPU(&caps.Host, caps.Emulators)
 
 	if err := ctx.Err(); err != nil {
 		return caps, fmt.Errorf("probe capabilities: %w", err)
@@ -223,7 +224,7 @@ func (p *Prober) candidates() []string {
 
 // emulator returns the facts of one binary: from the cache when its key
 // still matches, else from a new probe (then cached).
-func (p *Prober) emulator(ctx context.Context, path string, hostKVM, hostHVF bool, vendorID string) *Emulator {
+func (p *Prober) emulator(ctx context.Context, path string, hostKVM, hostHVF bool, vendorID string, modTime int64) *Emulator {
 	size, mtime, ctime, err := statKey(path)
 	if err != nil {
 		return &Emulator{Path: path, Arch: archFromName(path), Err: fmt.Sprintf("emulator %s: %v", path, err)}
@@ -235,7 +236,7 @@ func (p *Prober) emulator(ctx context.Context, path string, hostKVM, hostHVF boo
 		accels = []string{"hvf", "tcg"}
 	}
 	key := cacheKey{Format: cacheFormat, Path: path, Size: size, MtimeNs: mtime, CtimeNs: ctime,
-		Qemufs: p.Version, Accels: strings.Join(accels, ","), ModsTime: modulesTime(p.hostRoot())}
+		Qemufs: p.Version, Accels: strings.Join(accels, ","), ModsTime: modTime}
 	// Only the host's arch needs CPU model features; the name says which
 	// binaries are of another arch (an unknown name is asked).
 	if a := archFromName(path); (a == "" || a == HostArch()) && isX86(HostArch()) {
@@ -314,7 +315,7 @@ func sortEmulators(es []*Emulator) {
 // describeHostCPU names the host CPU model and its extra features, using
 // the CPU models of the first emulator of the host's arch that expanded
 // them.
-func (p *Prober) describeHostCPU(h *Host, emus []*Emulator) {
+func describeHostCPU(h *Host, emus []*Emulator) {
 	vendorID := cpuidVendor(h.CPU.Vendor)
 	for _, e := range emus {
 		if e.Err != "" || e.Arch != h.Arch || len(e.CPUFeatures) == 0 {
