@@ -3,7 +3,6 @@ package capabilities
 import (
 	"os"
 	"os/exec"
-	"runtime"
 	"testing"
 )
 
@@ -16,10 +15,7 @@ func TestOtherOSBuild(t *testing.T) {
 	}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = runtime.GOROOT() + "/bin/go"
-		if _, err := os.Stat(goTool); err != nil {
-			t.Skip("no go tool")
-		}
+		t.Skip("no go tool in PATH")
 	}
 	for _, goos := range []string{"darwin", "freebsd"} {
 		cmd := exec.Command(goTool, "vet", ".")

@@ -91,7 +91,7 @@ func fixtureCaps(t *testing.T) *Capabilities {
 	}
 	i686 := &Emulator{
 		Path: "/usr/bin/qemu-system-i386", Arch: "i686", Version: "7.2.0", VersionNum: 7002000,
-		Machines: []Machine{{Name: "pc-i440fx-7.2", Alias: "pc", MaxCPUs: 255, Default: true}},
+		Machines:   []Machine{{Name: "pc-i440fx-7.2", Alias: "pc", MaxCPUs: 255, Default: true}},
 		KVMPresent: true, ProbedAccel: "kvm", Devices: devices, Commands: commands, Firmware: fw["i686"],
 		CPUModels: []CPUModel{{Name: "qemu32", AliasOf: "qemu32-v1", Usable: true}, {Name: "qemu32-v1", Usable: true}},
 	}

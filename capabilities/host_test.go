@@ -18,9 +18,9 @@ func fixtureHost(t testing.TB) string {
 	t.Helper()
 	root := t.TempDir()
 	files := map[string]string{
-		"proc/cpuinfo":                        "",
-		"proc/meminfo":                        "MemTotal:       16384000 kB\n",
-		"sys/devices/system/cpu/online":       "0-7\n",
+		"proc/cpuinfo":                  "",
+		"proc/meminfo":                  "MemTotal:       16384000 kB\n",
+		"sys/devices/system/cpu/online": "0-7\n",
 		"sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages":    "0\n",
 		"sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages": "0\n",
 		"sys/kernel/iommu_groups/0/type":                           "DMA\n",
