@@ -2,23 +2,39 @@ package capabilities
 
 import "os"
 
-// Accels decides which accelerators a binary can use on this host, in order
-// of preference for probing: TCG is always there; KVM needs a usable KVM
-// device on the host (hostKVM) and a binary built with KVM (binaryKVM: QMP
-// query-kvm reports "present"); HVF needs Hypervisor.framework (hostHVF,
-// macOS only) and a binary that knows the hvf accelerator (binaryHVF).
-//
-// The result is what <domain type=...> lists in capabilities.xml, with "tcg"
-// shown as type 'qemu'.
-func Accels(hostKVM, binaryKVM, hostHVF, binaryHVF bool) []string {
-	accels := []string{"tcg"}
-	if hostKVM && binaryKVM {
+// AccelSupport says which accelerators a host or a QEMU binary supports.
+type AccelSupport struct {
+	TCG bool // software emulation (a binary may be built without it)
+	KVM bool // host: KVM device usable; binary: query-kvm "present"
+	HVF bool // host: kern.hv_support (macOS); binary: has the hvf-accel type
+}
+
+// Accels decides which accelerators a binary can use on this host: those
+// both support, in QEMU's order of preference for probing ("tcg" first as
+// libvirt lists domain types). The result is what <domain type=...> lists
+// in capabilities.xml, with "tcg" shown as type 'qemu'.
+func Accels(host, binary AccelSupport) []string {
+	var accels []string
+	if host.TCG && binary.TCG {
+		accels = append(accels, "tcg")
+	}
+	if host.KVM && binary.KVM {
 		accels = append(accels, "kvm")
 	}
-	if hostHVF && binaryHVF {
+	if host.HVF && binary.HVF {
 		accels = append(accels, "hvf")
 	}
 	return accels
+}
+
+// binaryAccels is what a probed binary supports. Binaries that do not list
+// QOM types (old or fake ones) are assumed to have TCG.
+func binaryAccels(e *Emulator) AccelSupport {
+	return AccelSupport{
+		TCG: len(e.Devices) == 0 || e.Devices[tcgAccelType],
+		KVM: e.KVMPresent,
+		HVF: e.Devices[hvfAccelType],
+	}
 }
 
 // kvmUsable reports whether the KVM device exists and this process may open
@@ -33,5 +49,8 @@ func kvmUsable(dev string) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// hvfAccelType is the QOM type of QEMU's HVF accelerator.
-const hvfAccelType = "hvf-accel"
+// QOM types of QEMU's accelerators.
+const (
+	hvfAccelType = "hvf-accel"
+	tcgAccelType = "tcg-accel"
+)

@@ -46,6 +46,17 @@ func qemuTarget(arch string) string {
 func archFromName(path string) string {
 	base := filepath.Base(path)
 	if t, ok := strings.CutPrefix(base, "qemu-system-"); ok {
+		// qemu-system-x86_64-microvm: a variant build of x86_64.
+		for a := libvirtArch(t); a != ""; {
+			if archWordSize[a] > 0 {
+				return a
+			}
+			i := strings.LastIndexByte(a, '-')
+			if i < 0 {
+				break
+			}
+			a = libvirtArch(a[:i])
+		}
 		return libvirtArch(t)
 	}
 	if base == "qemu-kvm" || base == "qemu" {

@@ -7,12 +7,12 @@ import (
 // XML renders libvirt's capabilities XML: <host> (CPU, topology, caches,
 // security models) and one <guest> per usable emulator, listing its
 // machines and the domain types (virt types) it can run here. Emulators
-// whose probe failed are left out, as libvirt does.
+// whose probe failed, or that can run no domain type here, are left out.
 func (c *Capabilities) XML() []byte {
 	root := el("capabilities")
 	root.add(c.hostXML())
 	for _, e := range c.Emulators {
-		if e.Err == "" {
+		if e.Err == "" && len(e.Accels) > 0 {
 			root.add(guestXML(e))
 		}
 	}

@@ -64,7 +64,7 @@ func fixtureCaps(t *testing.T) *Capabilities {
 	devices := toSet(f("VGA cirrus-vga virtio-vga virtio-gpu-pci bochs-display ramfb qxl-vga ide-hd ide-cd isa-fdc scsi-hd scsi-block " +
 		"virtio-blk-pci virtio-blk-pci-transitional usb-storage ich9-ahci usb-host vfio-pci virtio-rng-pci rng-random rng-builtin " +
 		"virtio-9p-pci vhost-user-fs-pci tpm-tis tpm-crb tpm-emulator usb-redir virtio-crypto-pci cryptodev-backend-builtin " +
-		"memory-backend-file memory-backend-ram memory-backend-memfd iothread vmcoreinfo vmgenid kvm-accel"))
+		"memory-backend-file memory-backend-ram memory-backend-memfd iothread vmcoreinfo vmgenid kvm-accel tcg-accel"))
 	commands := toSet(f("query-vnc query-spice blockdev-add blockdev-backup block-dirty-bitmap-add query-cpu-model-expansion"))
 	x86 := &Emulator{
 		Path: "/usr/bin/qemu-system-x86_64", Arch: "x86_64", Version: "7.2.0", VersionNum: 7002000, Package: "fixture",
@@ -98,14 +98,14 @@ func fixtureCaps(t *testing.T) *Capabilities {
 	arm := &Emulator{
 		Path: "/usr/bin/qemu-system-aarch64", Arch: "aarch64", Version: "7.2.0", VersionNum: 7002000,
 		Machines:    []Machine{{Name: "virt-7.2", Alias: "virt", MaxCPUs: 512}},
-		ProbedAccel: "tcg", Devices: toSet(f("virtio-blk-device virtio-rng-device rng-random ramfb virtio-gpu-device")),
+		ProbedAccel: "tcg", Devices: toSet(f("virtio-blk-device virtio-rng-device rng-random ramfb virtio-gpu-device tcg-accel")),
 		CPUModels: []CPUModel{{Name: "cortex-a57", Usable: true}, {Name: "max", Usable: true}},
 	}
 	broken := &Emulator{Path: "/usr/bin/qemu-system-sparc", Arch: "sparc", Err: "probe /usr/bin/qemu-system-sparc: timed out"}
 	emus := []*Emulator{broken, arm, i686, x86}
 	for _, e := range emus {
 		if e.Err == "" {
-			e.Accels = Accels(h.KVM, e.KVMPresent, false, false)
+			e.Accels = Accels(AccelSupport{TCG: true, KVM: h.KVM}, binaryAccels(e))
 		}
 	}
 	sortEmulators(emus)

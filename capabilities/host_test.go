@@ -203,3 +203,21 @@ func TestMicrocode(t *testing.T) {
 		}
 	}
 }
+
+func TestArchFromName(t *testing.T) {
+	for path, want := range map[string]string{
+		"/usr/bin/qemu-system-x86_64":         "x86_64",
+		"/usr/bin/qemu-system-x86_64-microvm": "x86_64",
+		"/usr/bin/qemu-system-i386":           "i686",
+		"/usr/bin/qemu-system-arm":            "armv7l",
+		"/usr/bin/qemu-system-mips64el":       "mips64el",
+		"/usr/bin/qemu-system-microblazeel":   "microblazeel",
+		"/usr/bin/qemu-kvm":                   HostArch(),
+		"/usr/bin/qemu-system-fake":           "fake",
+		"/usr/bin/qemu-img":                   "",
+	} {
+		if got := archFromName(path); got != want {
+			t.Errorf("archFromName(%s) = %q, want %q", path, got, want)
+		}
+	}
+}

@@ -96,7 +96,7 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 			continue
 		}
 		ok++
-		e.Accels = Accels(hostKVM, e.KVMPresent, hostHVF, e.Devices[hvfAccelType])
+		e.Accels = Accels(AccelSupport{TCG: true, KVM: hostKVM, HVF: hostHVF}, binaryAccels(e))
 		e.Firmware = firmware[e.Arch]
 	}
 	sortEmulators(caps.Emulators)

@@ -10,25 +10,38 @@ import (
 )
 
 func TestAccels(t *testing.T) {
+	// Each string lists what host and binary have: t(cg), k(vm), h(vf).
 	tests := []struct {
-		name                                   string
-		hostKVM, binKVM, hostHVF, binHVF, want string
+		name, host, binary, want string
 	}{
-		{"nothing", "", "", "", "", "tcg"},
-		{"kvm host and binary", "y", "y", "", "", "tcg kvm"},
-		{"kvm device but binary without kvm", "y", "", "", "", "tcg"},
-		{"binary with kvm, no usable device", "", "y", "", "", "tcg"},
-		{"hvf host and binary", "", "", "y", "y", "tcg hvf"},
-		{"hvf host, binary without hvf", "", "", "y", "", "tcg"},
-		{"hvf binary on a host without it", "", "", "", "y", "tcg"},
+		{"tcg only", "t", "t", "tcg"},
+		{"kvm host and binary", "tk", "tk", "tcg kvm"},
+		{"kvm device but binary without kvm", "tk", "t", "tcg"},
+		{"binary with kvm, no usable device", "t", "tk", "tcg"},
+		{"kvm-only binary with kvm", "tk", "k", "kvm"},
+		{"kvm-only binary without kvm", "t", "k", ""},
+		{"hvf host and binary", "th", "th", "tcg hvf"},
+		{"hvf host, binary without hvf", "th", "t", "tcg"},
+		{"hvf binary on a host without it", "t", "th", "tcg"},
+	}
+	sup := func(s string) AccelSupport {
+		return AccelSupport{TCG: strings.Contains(s, "t"), KVM: strings.Contains(s, "k"), HVF: strings.Contains(s, "h")}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := strings.Join(Accels(tt.hostKVM != "", tt.binKVM != "", tt.hostHVF != "", tt.binHVF != ""), " ")
+			got := strings.Join(Accels(sup(tt.host), sup(tt.binary)), " ")
 			if got != tt.want {
 				t.Errorf("- want: %q\n-  got: %q", tt.want, got)
 			}
 		})
+	}
+	// What a probe reports feeds the binary side.
+	e := &Emulator{KVMPresent: true, Devices: toSet([]string{"kvm-accel"})}
+	if got := binaryAccels(e); got != (AccelSupport{KVM: true}) {
+		t.Errorf("kvm-only binary: %+v", got)
+	}
+	if got := binaryAccels(&Emulator{}); got != (AccelSupport{TCG: true}) {
+		t.Errorf("binary without QOM types: %+v", got)
 	}
 }
 

@@ -130,3 +130,43 @@ func TestProbeRealQEMU(t *testing.T) {
 		t.Error("capabilities.xml differs between a fresh and a cached probe")
 	}
 }
+
+// TestProbeInstalled probes everything installed in /usr/bin in parallel:
+// here qemu-system-x86_64, the qemu-system-i386 shell wrapper (the fd it
+// inherits survives the wrapper's exec) and qemu-system-x86_64-microvm, a
+// second x86_64 emulator that must not shadow the main one.
+func TestProbeInstalled(t *testing.T) {
+	if _, err := os.Stat(realQEMU); err != nil {
+		t.Skip(err)
+	}
+	p := newTestProber(t, "/usr/bin")
+	p.SearchDirs = nil // the defaults
+	_, err := os.Stat("/dev/kvm")
+	kvmMissing := err != nil
+	start := time.Now()
+	caps, err := p.Probe(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cold probe of %d binaries: %v", len(caps.Emulators), time.Since(start))
+	for _, e := range caps.Emulators {
+		t.Logf("%s: arch %s, %d machines, %d CPU models, err %q", e.Path, e.Arch, len(e.Machines), len(e.CPUModels), e.Err)
+		// Debian's qemu-system-x86_64-microvm is built without TCG: with no
+		// KVM here it cannot start, and says so.
+		if e.Err != "" && !(kvmMissing && strings.Contains(e.Err, "failed to initialize kvm")) {
+			t.Errorf("%s: %s", e.Path, e.Err)
+		}
+		if want := archFromName(e.Path); want != e.Arch {
+			t.Errorf("%s reports arch %s, its name says %s", e.Path, e.Arch, want)
+		}
+	}
+	if e, _, err := caps.Lookup("x86_64", "qemu", "", ""); err != nil || e.Path != realQEMU {
+		t.Errorf("Lookup x86_64 picked %v, %v; want %s", e, err, realQEMU)
+	}
+	if _, err := os.Stat("/usr/bin/qemu-system-i386"); err == nil {
+		if e, m, err := caps.Lookup("i686", "qemu", "pc", ""); err != nil || e.Path != "/usr/bin/qemu-system-i386" {
+			t.Errorf("Lookup i686: %v %v %v", e, m, err)
+		}
+	}
+	xmllint(t, "capabilities.xml", caps.XML())
+}
