@@ -129,7 +129,7 @@ func fakeReplies(target string) map[string]any {
 		},
 		"query-commands": []map[string]string{{"name": "query-version"}, {"name": "query-vnc"}, {"name": "blockdev-add"}},
 		"qom-list-types": []map[string]string{{"name": "virtio-blk-device"}, {"name": "virtio-rng-device"},
-			{"name": "rng-random"}, {"name": "memory-backend-ram"}, {"name": "iothread"}},
+			{"name": "rng-random"}, {"name": "memory-backend-ram"}, {"name": "iothread"}, {"name": "tcg-accel"}},
 	}
 }
 
