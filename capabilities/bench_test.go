@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // BenchmarkProbeCold is a full Probe (host facts, firmware, one emulator)
@@ -24,6 +24,31 @@ func BenchmarkProbeCold(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkProbeColdVsBare interleaves a cold Probe and a bare probe in
+// each iteration, so both see the same machine load, and reports the ratio
+// of their times (target: at most 1.3).
+func BenchmarkProbeColdVsBare(b *testing.B) {
+	p := newTestProber(b, realQEMUDir(b))
+	p.CacheDir = ""
+	vendor := cpuidVendor(parseCPUInfo(readFile("/proc/cpuinfo")).vendor())
+	var cold, bare time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if err := bareProbe(realQEMU, vendor); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := p.Probe(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		bare += t1.Sub(t0)
+		cold += time.Since(t1)
+	}
+	b.ReportMetric(float64(cold)/float64(bare), "cold/bare")
+	b.ReportMetric(float64(cold.Milliseconds())/float64(b.N), "cold-ms/op")
+	b.ReportMetric(float64(bare.Milliseconds())/float64(b.N), "bare-ms/op")
 }
 
 // BenchmarkProbeWarm is a Probe of every emulator in /usr/bin from a warm
@@ -142,5 +167,4 @@ func TestBareProbeWorks(t *testing.T) {
 	if err := bareProbe(realQEMU, "AuthenticAMD"); err != nil {
 		t.Fatal(err)
 	}
-	_ = filepath.Join
 }

@@ -58,7 +58,12 @@ type probeOptions struct {
 // probeBinary runs one QEMU binary and asks it what it supports. ctx bounds
 // the whole probe; the process is killed by pid when done.
 func probeBinary(ctx context.Context, path string, opts probeOptions) (*Emulator, error) {
-	dir, err := os.MkdirTemp("", "qemufs-probe-")
+	// The socket path must fit sun_path (108 bytes); a long $TMPDIR does not.
+	tmp := os.TempDir()
+	if len(tmp) > 64 {
+		tmp = "/tmp"
+	}
+	dir, err := os.MkdirTemp(tmp, "qemufs-probe-")
 	if err != nil {
 		return nil, err
 	}
