@@ -71,8 +71,19 @@ func (c *Capabilities) Lookup(arch, virtType, machine, emulator string) (*Emulat
 		return nil, Machine{}, fmt.Errorf("machine %q is not supported by %s for arch %s (available: %s): %w",
 			machine, e.Path, arch, list(names), ErrUnsupported)
 	}
-	return nil, Machine{}, fmt.Errorf("domain type %q is not available for arch %s on this host (available: %s): %w",
-		virtType, arch, list(virtTypes(accels)), ErrUnsupported)
+	return nil, Machine{}, fmt.Errorf("domain type %q is not available for arch %s on this host (available: %s)%s: %w",
+		virtType, arch, list(virtTypes(accels)), c.accelHint(accel), ErrUnsupported)
+}
+
+// accelHint says why the host lacks an accelerator, when it does.
+func (c *Capabilities) accelHint(accel string) string {
+	switch {
+	case accel == "kvm" && !c.Host.KVM:
+		return ": the host has no usable KVM device (/dev/kvm)"
+	case accel == "hvf" && !c.Host.HVF:
+		return ": HVF needs macOS with Hypervisor.framework"
+	}
+	return ""
 }
 
 func (c *Capabilities) emulatorList() string {
