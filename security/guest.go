@@ -3,6 +3,7 @@ package security
 import (
 	"slices"
 
+	"github.com/qemufs/qemufs/security/apparmor"
 	"github.com/qemufs/qemufs/security/cgroup"
 	"github.com/qemufs/qemufs/security/dac"
 	"github.com/qemufs/qemufs/security/selinux"
@@ -98,8 +99,10 @@ type Record struct {
 	Cgroup *cgroup.Group `json:"cgroup,omitempty"`
 	// SELinux is the guest's SELinux label (nil: driver inactive).
 	SELinux *selinux.Label `json:"selinux,omitempty"`
-	// AppArmor is the guest's profile name ("" when inactive).
-	AppArmor string `json:"apparmor,omitempty"`
+	// AppArmor is the guest's profile name ("" when inactive) and
+	// AppArmorRules its .files, kept to rewrite it when disks change.
+	AppArmor      string          `json:"apparmor,omitempty"`
+	AppArmorRules []apparmor.Rule `json:"apparmor_rules,omitempty"`
 	// Args are extra QEMU arguments (the seccomp sandbox).
 	Args []string `json:"args,omitempty"`
 	// Devices are the nodes of QEMU's private /dev (nil: no namespace).

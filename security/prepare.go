@@ -143,11 +143,12 @@ func (s *Stack) Prepare(ctx context.Context, g *Guest, spec *procmgr.Spec) (rec 
 			exec = &procmgr.ExecLabel{Model: lsm.AppArmor, Value: r.Label}
 		case "none":
 		default:
-			name, err := s.aa.Create(g.UUID, s.rules(g, files, spec))
+			rules := s.rules(g, files, spec)
+			name, err := s.aa.Create(g.UUID, rules)
 			if err != nil {
 				return rec, errf(g, "%v", err)
 			}
-			rec.AppArmor = name
+			rec.AppArmor, rec.AppArmorRules = name, rules
 			exec = &procmgr.ExecLabel{Model: lsm.AppArmor, Value: name}
 		}
 	}

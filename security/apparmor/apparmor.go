@@ -145,8 +145,8 @@ profile LIBVIRT_TEMPLATE flags=(attach_disconnected) {
 // Rule is one line of the .files companion: a path and its permissions
 // ("r", "rwk", "rmix"...).
 type Rule struct {
-	Path  string
-	Perms string
+	Path  string `json:"path"`
+	Perms string `json:"perms"`
 }
 
 // Profiles manages the guest profiles in one directory
