@@ -237,7 +237,7 @@ func TestPrepareErrorsLeaveNothing(t *testing.T) {
 				t.Errorf("a failed Prepare returned %+v and filled %+v", rec, spec)
 			}
 			unchanged(t, before)
-			if left, _ := filepath.Glob("/sys/fs/cgroup/*/qemufs-" + cfg.InstanceName + "/*"); len(left) > 0 {
+			if left, _ := filepath.Glob("/sys/fs/cgroup/*/qemufs-" + cfg.InstanceName + "/*.qemu"); len(left) > 0 {
 				t.Errorf("cgroups left: %v", left)
 			}
 			if len(s.holds) != 0 {
