@@ -31,10 +31,14 @@ type Spec struct {
 	// before exec, so it never runs outside its cgroups.
 	CgroupProcs []string
 	// ExtraFiles are inherited as fds 3, 4, ... (as in os/exec).
-	ExtraFiles []*os.File
+	ExtraFiles []*os.File `json:"-"`
 	// Label, when set, is applied to the exec'ed process by the security
 	// driver that owns it (SELinux exec context or AppArmor profile).
 	Label *ExecLabel
+
+	// Logf, when set, is told each start-up step as it completes or fails
+	// ("spawn.Helper: ok (3.1ms)"), for the daemon's debug log.
+	Logf func(format string, args ...any) `json:"-"`
 }
 
 // Credential is the identity QEMU runs as.
