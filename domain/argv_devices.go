@@ -171,6 +171,11 @@ func (b *builder) controllers() error {
 		b.addPCI(&o, c)
 		b.device(o)
 	}
+	for _, h := range children(b.devs, "hub") {
+		o := obj("driver", "usb-hub", "id", alias(h))
+		b.addUSB(&o, h)
+		b.device(o)
+	}
 	for _, c := range byType("ccid") {
 		o := obj("driver", "usb-ccid", "id", alias(c))
 		b.addUSB(&o, c)

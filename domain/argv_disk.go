@@ -16,11 +16,14 @@ func alias(e *etree.Element) string { return attr(child(e, "alias"), "name") }
 func (b *builder) pciBusName(idx int) string {
 	for _, c := range children(b.devs, "controller") {
 		if attr(c, "type") == "pci" && attr(c, "index") == strconv.Itoa(idx) {
+			switch attr(c, "model") {
+			case "pcie-root":
+				return "pcie.0" // QEMU's name, whatever the alias
+			case "pci-root":
+				return "pci.0"
+			}
 			if a := alias(c); a != "" {
 				return a
-			}
-			if attr(c, "model") == "pcie-root" {
-				return "pcie.0"
 			}
 		}
 	}
@@ -452,6 +455,14 @@ func (b *builder) diskDevice(disk *etree.Element, bus, device, drive string) (jo
 		b.virtioOptions(&o, dr)
 		b.addPCI(&o, disk)
 	case "usb":
+		if drive == "" {
+			// usb-storage needs media; an empty USB CD-ROM is a
+			// USB mass-storage bridge with a SCSI CD drive behind it.
+			bot := obj("driver", "usb-bot", "id", id)
+			b.addUSB(&bot, disk)
+			b.device(bot)
+			return obj("driver", "scsi-cd", "bus", id+".0", "scsi-id", 0, "lun", 0, "id", id+"-cd"), nil
+		}
 		o = obj("driver", "usb-storage")
 		b.addUSB(&o, disk)
 	case "fdc":
@@ -464,6 +475,9 @@ func (b *builder) diskDevice(disk *etree.Element, bus, device, drive string) (jo
 	}
 	o.add("id", id)
 	if n, ok := b.bootIndex[disk]; ok && bus != "fdc" {
+		if bus == "usb" && drive == "" {
+			return o, nil
+		}
 		o.add("bootindex", n)
 	}
 	if s := strings.TrimSpace(text(child(disk, "serial"))); s != "" && bus != "fdc" && bus != "usb" {
@@ -488,6 +502,9 @@ func (b *builder) diskDevice(disk *etree.Element, bus, device, drive string) (jo
 		o.add("rotation_rate", int(mustUint(r)))
 	}
 	if bus == "usb" {
+		if drive == "" {
+			return o, nil
+		}
 		o.add("removable", attr(child(disk, "target"), "removable") == "on")
 	}
 	if _, _, wc, ok := cacheFlags(attr(dr, "cache")); ok && device != "cdrom" && bus != "fdc" && bus != "usb" && device != "lun" {
@@ -527,6 +544,14 @@ func (b *builder) virtioOptions(o *jobj, dr *etree.Element) {
 		{"iommu", "iommu_platform"}, {"ats", "ats"}, {"packed", "packed"}, {"page_per_vq", "page-per-vq"}} {
 		if v := attr(dr, p[0]); v != "" {
 			o.add(p[1], v == "on")
+		}
+	}
+	// QEMU refuses iommu_platform on a transitional device, which is what
+	// a virtio PCI device on a conventional PCI bus is by default: make it
+	// modern-only.
+	if attr(dr, "iommu") == "on" {
+		if d, _ := o.get("driver"); !strings.Contains(fmt.Sprint(d), "transitional") {
+			o.add("disable-legacy", "on")
 		}
 	}
 }

@@ -94,13 +94,11 @@ func (b *builder) timer(name string) *etree.Element {
 	return nil
 }
 
-// cpuFeatureName maps libvirt CPU feature names QEMU spells differently.
+// cpuFeatureName maps libvirt CPU feature names QEMU spells differently
+// (beyond '_' for '-').
 var cpuFeatureName = map[string]string{
-	"pclmuldq": "pclmulqdq", "ds_cpl": "ds-cpl", "lahf_lm": "lahf-lm", "cmp_legacy": "cmp-legacy",
-	"fxsr_opt": "fxsr-opt", "nodeid_msr": "nodeid-msr", "perfctr_core": "perfctr-core",
-	"perfctr_nb": "perfctr-nb", "tsc_adjust": "tsc-adjust", "tsc-deadline": "tsc-deadline",
-	"sse4.1": "sse4.1", "sse4.2": "sse4.2", "invtsc": "invtsc",
-	"pdcm": "pdcm", "osxsave": "osxsave", "ospke": "ospke",
+	"pclmuldq": "pclmulqdq", "cmt": "cqm", "mbm_total": "mbm-total", "mbm_local": "mbm-local",
+	"sse4_1": "sse4.1", "sse4_2": "sse4.2",
 }
 
 func (b *builder) cpu() error {
@@ -143,9 +141,12 @@ func (b *builder) cpu() error {
 		parts = append(parts, model)
 	}
 	for _, f := range children(cpu, "feature") {
-		name := attr(f, "name")
-		if q, ok := cpuFeatureName[name]; ok {
-			name = q
+		name := qemuCPUFlag(attr(f, "name"))
+		if name == "" {
+			if isX86(arch) {
+				continue
+			}
+			name = attr(f, "name")
 		}
 		switch attrOr(f, "policy", "require") {
 		case "force", "require", "optional":

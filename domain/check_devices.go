@@ -78,7 +78,8 @@ func (d *Domain) checkDevices(c *checker) {
 }
 
 // checkCrossDevice checks rules between devices: unique disk targets,
-// boot orders, aliases, MACs and PCI addresses.
+// boot orders, aliases and PCI addresses. (Duplicate MACs are allowed, as
+// in libvirt: guests on separate networks may share one.)
 func (d *Domain) checkCrossDevice(c *checker) {
 	devs := child(d.root, "devices")
 	targets := map[string]*etree.Element{}
@@ -91,7 +92,6 @@ func (d *Domain) checkCrossDevice(c *checker) {
 	}
 	orders := map[string]*etree.Element{}
 	aliases := map[string]*etree.Element{}
-	macs := map[string]*etree.Element{}
 	addrs := map[string]*etree.Element{}
 	for _, e := range devs.ChildElements() {
 		if b := child(e, "boot"); b != nil {
@@ -108,16 +108,7 @@ func (d *Domain) checkCrossDevice(c *checker) {
 			}
 			aliases[n] = e
 		}
-		if e.Tag == "interface" {
-			if m := child(e, "mac"); m != nil {
-				v := strings.ToLower(attr(m, "address"))
-				if prev, ok := macs[v]; ok {
-					c.fail(m, "MAC address %s is already used by %s", v, pathOf(prev))
-				}
-				macs[v] = e
-			}
-		}
-		if a := child(e, "address"); a != nil && attr(a, "type") == "pci" {
+		if a := child(e, "address"); a != nil && attr(a, "type") == "pci" && hasAttr(a, "slot") {
 			if p, ok := parsePCIAddr(a); ok {
 				k := p.String()
 				if prev, dup := addrs[k]; dup {
@@ -131,6 +122,9 @@ func (d *Domain) checkCrossDevice(c *checker) {
 	idx := map[string]*etree.Element{}
 	for _, ctl := range children(devs, "controller") {
 		k := attr(ctl, "type") + "/" + attr(ctl, "index")
+		if _, companion := usbCompanionFunction(attr(ctl, "model")); companion && attr(ctl, "type") == "usb" {
+			k += "/" + attr(ctl, "model") // EHCI and its UHCI companions share an index
+		}
 		if prev, ok := idx[k]; ok && hasAttr(ctl, "index") {
 			c.fail(ctl, "a %s controller with index %s is already defined by %s", attr(ctl, "type"), attr(ctl, "index"), pathOf(prev))
 		}

@@ -318,11 +318,11 @@ func (x *expander) disks() error {
 
 // controllersDefaults fills controller models and the USB default.
 func (x *expander) controllersDefaults() error {
+	x.controllerIndexes()
 	if x.kind == machineI440FX || x.kind == machineQ35 {
 		x.ensureController("pci", 0, map[machineKind]string{machineI440FX: "pci-root", machineQ35: "pcie-root"}[x.kind])
 	}
 	for _, ctl := range children(x.devs, "controller") {
-		defAttr(ctl, "index", "0")
 		switch attr(ctl, "type") {
 		case "usb":
 			if !hasAttr(ctl, "model") {
@@ -348,6 +348,47 @@ func (x *expander) controllersDefaults() error {
 		x.ensureController("sata", 0, "")
 	}
 	return nil
+}
+
+// controllerIndexes gives controllers without an index the lowest unused
+// one of their type (root PCI controllers are index 0), as libvirt does.
+func (x *expander) controllerIndexes() {
+	used := map[string]map[int]bool{}
+	for _, ctl := range children(x.devs, "controller") {
+		if hasAttr(ctl, "index") {
+			t := attr(ctl, "type")
+			if used[t] == nil {
+				used[t] = map[int]bool{}
+			}
+			used[t][int(mustUint(attr(ctl, "index")))] = true
+		}
+	}
+	for _, ctl := range children(x.devs, "controller") {
+		if hasAttr(ctl, "index") {
+			continue
+		}
+		t := attr(ctl, "type")
+		if used[t] == nil {
+			used[t] = map[int]bool{}
+		}
+		i := 0
+		if m := attr(ctl, "model"); t == "pci" && m != "pci-root" && m != "pcie-root" {
+			i = 1
+		}
+		for used[t][i] {
+			i++
+		}
+		used[t][i] = true
+		// index goes after type, where libvirt writes it
+		old := ctl.Attr
+		ctl.Attr = nil
+		for _, a := range old {
+			ctl.Attr = append(ctl.Attr, a)
+			if a.Key == "type" && a.Space == "" {
+				setAttr(ctl, "index", strconv.Itoa(i))
+			}
+		}
+	}
 }
 
 func (x *expander) defaultUSBModel() string {
@@ -833,6 +874,13 @@ func (x *expander) virtioSerialAddresses() error {
 	if len(devs) > 0 && x.controller("virtio-serial", 0) == nil {
 		x.ensureController("virtio-serial", 0, "")
 	}
+	// Ports per controller: its ports attribute, else QEMU's 31.
+	capacity := func(ctl int) int {
+		if c := x.controller("virtio-serial", ctl); c != nil && attr(c, "ports") != "" {
+			return int(mustUint(attr(c, "ports")))
+		}
+		return 31
+	}
 	for _, c := range pending {
 		a := child(c, "address")
 		if a == nil {
@@ -840,14 +888,21 @@ func (x *expander) virtioSerialAddresses() error {
 			setAttr(a, "type", "virtio-serial")
 		}
 		ctl, _ := strconv.Atoi(attr(a, "controller"))
+		fixed := hasAttr(a, "controller")
 		b, _ := strconv.Atoi(attr(a, "bus"))
 		start := 1
 		if c.Tag == "console" {
 			start = 0
 		}
 		p := start
-		for used[portKey{ctl, b, p}] {
-			p++
+		for {
+			for used[portKey{ctl, b, p}] {
+				p++
+			}
+			if p < capacity(ctl) || fixed {
+				break
+			}
+			ctl, p = ctl+1, start // full: the next controller
 		}
 		used[portKey{ctl, b, p}] = true
 		setAttr(a, "controller", strconv.Itoa(ctl))
