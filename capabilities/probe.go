@@ -128,8 +128,12 @@ func probeBinary(ctx context.Context, path string, opts probeOptions) (*Emulator
 			<-exited
 			return fmt.Errorf("%s: QEMU exited (%s)%s", what, cmd.ProcessState, out.note())
 		}
-		if ctx.Err() != nil {
-			err = context.Cause(ctx)
+		if dl, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && time.Until(dl) < time.Second {
+			// A socket deadline taken from ctx's fires a moment before ctx.
+			<-ctx.Done()
+		}
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
 		}
 		return fmt.Errorf("%s: %w%s", what, err, out.note())
 	}
