@@ -46,9 +46,6 @@ type Prober struct {
 	// Parallel bounds how many binaries are probed at once (default
 	// 2*GOMAXPROCS, at least 4).
 	Parallel int
-
-	// dial connects to QMP; nil means the monitor package.
-	dial dialFunc
 }
 
 // DefaultTimeout bounds the probe of one binary when Prober.Timeout is 0.
@@ -247,11 +244,7 @@ func (p *Prober) emulator(ctx context.Context, path string, hostKVM, hostHVF boo
 	}
 	pctx, cancel := context.WithTimeout(ctx, p.timeout())
 	defer cancel()
-	dial := p.dial
-	if dial == nil {
-		dial = dialMonitor
-	}
-	e, err := probeBinary(pctx, path, probeOptions{accels: accels, expandCPUs: key.Expand, dial: dial})
+	e, err := probeBinary(pctx, path, probeOptions{accels: accels, expandCPUs: key.Expand, dial: dialMonitor})
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("timed out after %v: %w", p.timeout(), err)

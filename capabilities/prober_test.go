@@ -76,7 +76,6 @@ func newTestProber(t testing.TB, dir string) *Prober {
 		KVMDevice:  filepath.Join(t.TempDir(), "no-kvm"),
 		Version:    "test-1",
 		Timeout:    10 * time.Second,
-		dial:       testDial,
 	}
 }
 
