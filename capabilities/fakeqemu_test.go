@@ -44,6 +44,18 @@ func writeFake(t testing.TB, dir, name, mode, logFile string) string {
 	return path
 }
 
+// writeForkingFake is writeFake with a wrapper script that runs the fake as
+// its child instead of exec'ing it, as some distribution wrappers do.
+func writeForkingFake(t testing.TB, dir, name, mode, logFile string) string {
+	path := writeFake(t, dir, name, mode, logFile)
+	data, _ := os.ReadFile(path)
+	script := strings.Replace(string(data), " exec ", " ", 1) + "echo wrapper done\n"
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // fakeQEMU behaves per mode:
@@ -57,7 +69,7 @@ func fakeQEMU(mode string, args []string) int {
 	if lf := os.Getenv("QEMUFS_FAKE_LOG"); lf != "" {
 		f, err := os.OpenFile(lf, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		if err == nil {
-			fmt.Fprintln(f, mode)
+			fmt.Fprintln(f, mode, os.Getpid())
 			f.Close()
 		}
 	}

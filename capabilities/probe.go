@@ -85,6 +85,9 @@ func probeBinary(ctx context.Context, path string, opts probeOptions) (*Emulator
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	// A wrapper script that runs QEMU as a child, rather than exec'ing it,
+	// would keep our output pipe open after the kill: do not wait for it.
+	cmd.WaitDelay = time.Second
 	setProbeAttrs(cmd)
 	err = cmd.Start()
 	lf.Close()
@@ -97,13 +100,11 @@ func probeBinary(ctx context.Context, path string, opts probeOptions) (*Emulator
 		close(exited)
 	}()
 	defer func() {
-		cmd.Process.Kill()
+		killProbe(cmd)
 		<-exited
 	}()
 
-	// Stop waiting as soon as QEMU dies: its exit closes the socket it
-	// inherited, but a connection still queued in that socket's backlog may
-	// not notice.
+	// Stop waiting as soon as QEMU dies, whatever the probe is doing.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {

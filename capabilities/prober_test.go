@@ -1,10 +1,13 @@
 package capabilities
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -290,6 +293,36 @@ func TestFailuresCached(t *testing.T) {
 	}
 	if n := countLines(t, hangLog); n != 2 {
 		t.Errorf("hanging emulator ran %d times, want 2 (timeouts not cached)", n)
+	}
+}
+
+// TestProbeKillsWrapperChildren: a wrapper script that runs QEMU as its
+// child (no exec) and hangs is still timed out, and its child is killed too.
+func TestProbeKillsWrapperChildren(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(t.TempDir(), "runs")
+	path := writeForkingFake(t, dir, "qemu-system-mips", "hang", log)
+	p := newTestProber(t, dir)
+	p.Timeout = time.Second
+	caps, _ := p.Probe(context.Background())
+	if e := emulatorByPath(t, caps, path); !strings.Contains(e.Err, "timed out") {
+		t.Errorf("Err = %q", e.Err)
+	}
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscanf(string(b), "hang %d", &pid); err != nil {
+		t.Fatalf("log %q: %v", b, err)
+	}
+	// Killed: gone, or a zombie waiting for its new parent to reap it.
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err == nil {
+		if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 && f[0] != "Z" {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Errorf("wrapper's child %d still running (state %s)", pid, f[0])
+		}
 	}
 }
 

@@ -7,8 +7,9 @@ import (
 	"syscall"
 )
 
-// setProbeAttrs keeps a probe QEMU out of our process group; this OS has no
-// parent-death signal, so qemufs relies on killing it by pid.
+// setProbeAttrs puts a probe QEMU in a process group of its own (see
+// killProbe); this OS has no parent-death signal, so qemufs relies on
+// killing it.
 func setProbeAttrs(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 }
