@@ -29,7 +29,7 @@ func (c *Conn) Run(command []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", commandName(command), err)
 	}
-	r, _ := c.classify(out)
+	r, _ := classify(out)
 	if r == nil {
 		return nil, fmt.Errorf("qmp run: unexpected reply %.200q", out)
 	}

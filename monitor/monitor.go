@@ -13,7 +13,6 @@ package monitor
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,7 +23,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // Defaults for the zero values of Options.
@@ -45,6 +43,12 @@ const MaxCommandSize = 1 << 20
 
 // ErrClosed is the reason Err reports after Close.
 var ErrClosed = errors.New("monitor: connection closed")
+
+// ErrLost is wrapped by Err (and by the errors of pending commands) when
+// the connection ended without Close: QEMU exited or closed the socket. The
+// underlying error (io.EOF, io.ErrUnexpectedEOF, ECONNRESET, ...) is
+// wrapped too.
+var ErrLost = errors.New("monitor: connection lost")
 
 // ErrBadCommand is wrapped by RunRaw's error for input that is not one
 // well-formed JSON object; such input never reaches QEMU.
@@ -239,7 +243,7 @@ func (c *Conn) handshake() error {
 		if err != nil {
 			return fmt.Errorf("qmp_capabilities: %w", err)
 		}
-		r, ev := c.classify(line)
+		r, ev := classify(line)
 		if ev != nil {
 			c.events.push(*ev)
 			continue
@@ -269,9 +273,9 @@ func (c *Conn) Greeting() Greeting {
 // OnEvent and the subscribers.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-// Err tells why the connection ended: ErrClosed after Close, an error
-// wrapping io.EOF when QEMU went away, or the read error. It is nil while
-// the connection is up.
+// Err tells why the connection ended: ErrClosed after Close, or an error
+// wrapping ErrLost and the read error (io.EOF when QEMU closed the socket).
+// It is nil while the connection is up.
 func (c *Conn) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -304,15 +308,10 @@ func (c *Conn) readLoop() {
 	for {
 		line, err := c.readLine()
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				err = fmt.Errorf("monitor: connection lost: %w", err)
-			} else {
-				err = fmt.Errorf("monitor: read: %w", err)
-			}
-			c.stopReading(err)
+			c.stopReading(fmt.Errorf("%w: %w", ErrLost, err))
 			return
 		}
-		r, ev := c.classify(line)
+		r, ev := classify(line)
 		switch {
 		case ev != nil:
 			c.events.push(*ev)
@@ -411,7 +410,7 @@ func (c *Conn) readLine() ([]byte, error) {
 
 // classify looks at the top level of a line from QEMU and returns it as a
 // reply or an event; both are nil for anything else.
-func (c *Conn) classify(line []byte) (*reply, *Event) {
+func classify(line []byte) (*reply, *Event) {
 	var (
 		r                       reply
 		name, data, ts          member
@@ -625,118 +624,4 @@ func (c *Conn) HMP(ctx context.Context, line string) (string, error) {
 		CommandLine string `json:"command-line"`
 	}{line}, &out)
 	return out, err
-}
-
-// errAlreadyNegotiated is what QEMU answers to a second qmp_capabilities.
-var errAlreadyNegotiated = &Error{
-	Class: "CommandNotFound",
-	Desc:  "Capabilities negotiation is already complete, command ignored",
-}
-
-// RunRaw passes one command from a user session to QEMU. cmd is a JSON
-// object as the user typed it ("execute" or "exec-oob", with or without an
-// "id" of any JSON type). On the wire the id is replaced by a unique one of
-// the connection's; the reply is returned as QEMU sent it (one line, without
-// the line ending) except that the user's id is put back, or left out if the
-// user gave none. Input that is not one well-formed JSON object gives an
-// error wrapping ErrBadCommand and is not sent. qmp_capabilities, which
-// would break the shared connection, is answered as QEMU answers it after
-// negotiation, without reaching QEMU.
-func (c *Conn) RunRaw(ctx context.Context, cmd []byte) ([]byte, error) {
-	if len(cmd) > MaxCommandSize {
-		return nil, fmt.Errorf("%w: longer than %d bytes", ErrBadCommand, MaxCommandSize)
-	}
-	if !utf8.Valid(cmd) || !json.Valid(cmd) {
-		return nil, fmt.Errorf("%w: not valid JSON", ErrBadCommand)
-	}
-	var (
-		userID  member
-		hasID   bool
-		execute string
-	)
-	it := newObjIter(cmd)
-	for m, ok := it.next(); ok; m, ok = it.next() {
-		switch {
-		case m.keyIs(cmd, "id"):
-			if !hasID {
-				userID, hasID = m, true
-			}
-		case m.keyIs(cmd, "execute"):
-			execute, _ = m.stringValue(cmd)
-		}
-	}
-	if it.err != nil {
-		// cmd is valid JSON, so the scan failed because it is not an
-		// object or because it nests deeper than maxNesting.
-		if cmd[skipSpace(cmd, 0)] != '{' {
-			return nil, fmt.Errorf("%w: not a JSON object", ErrBadCommand)
-		}
-		return nil, fmt.Errorf("%w: nested deeper than %d levels", ErrBadCommand, maxNesting)
-	}
-	var uid []byte
-	if hasID {
-		uid = cmd[userID.valStart:userID.valEnd]
-		if hasByte(uid, '\n') || hasByte(uid, '\r') {
-			var b bytes.Buffer
-			if err := json.Compact(&b, uid); err != nil {
-				return nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
-			}
-			uid = b.Bytes()
-		}
-	}
-	if execute == "qmp_capabilities" {
-		return errorReply(uid, hasID, errAlreadyNegotiated), nil
-	}
-
-	r, err := c.roundTrip(ctx, func(b []byte, id uint64) []byte {
-		if hasID {
-			b = append(b, cmd[:userID.valStart]...)
-			b = strconv.AppendUint(b, id, 10)
-			b = append(b, cmd[userID.valEnd:]...)
-		} else {
-			open := skipSpace(cmd, 0) + 1
-			b = append(b, cmd[:open]...)
-			b = append(b, `"id":`...)
-			b = strconv.AppendUint(b, id, 10)
-			if rest := skipSpace(cmd, open); cmd[rest] != '}' {
-				b = append(b, ',')
-			}
-			b = append(b, cmd[open:]...)
-		}
-		return append(b, '\n')
-	})
-	if err != nil {
-		return nil, err
-	}
-	if !r.hasID {
-		return r.line, nil
-	}
-	out := make([]byte, 0, len(r.line)+len(uid))
-	if hasID {
-		out = append(out, r.line[:r.id.valStart]...)
-		out = append(out, uid...)
-		out = append(out, r.line[r.id.valEnd:]...)
-	} else {
-		out = append(out, r.line[:r.cutStart]...)
-		out = append(out, r.line[r.cutEnd:]...)
-	}
-	return out, nil
-}
-
-// errorReply formats an error reply the way QEMU does.
-func errorReply(id []byte, hasID bool, e *Error) []byte {
-	cls, _ := json.Marshal(e.Class)
-	desc, _ := json.Marshal(e.Desc)
-	var b []byte
-	b = append(b, '{')
-	if hasID {
-		b = append(b, `"id": `...)
-		b = append(b, id...)
-		b = append(b, ", "...)
-	}
-	b = append(b, `"error": {"class": `...)
-	b = append(b, cls...)
-	b = append(b, `, "desc": `...)
-	b = append(b, desc...)
-	return append(b, "}}"...)
 }

@@ -467,7 +467,9 @@ func TestTimeouts(t *testing.T) {
 	}{
 		{
 			name: "ctx deadline",
-			ctx:  func() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), 50*time.Millisecond) },
+			ctx: func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(context.Background(), 50*time.Millisecond)
+			},
 			want: context.DeadlineExceeded,
 		},
 		{
@@ -501,7 +503,10 @@ func TestTimeouts(t *testing.T) {
 			})
 			for _, run := range []func(ctx context.Context) error{
 				func(ctx context.Context) error { return c.Execute(ctx, "slow", nil, nil) },
-				func(ctx context.Context) error { _, err := c.RunRaw(ctx, []byte(`{"execute":"slow","id":1}`)); return err },
+				func(ctx context.Context) error {
+					_, err := c.RunRaw(ctx, []byte(`{"execute":"slow","id":1}`))
+					return err
+				},
 			} {
 				ctx, cancel := tc.ctx()
 				err := run(ctx)
@@ -594,6 +599,9 @@ func TestConnectionEnds(t *testing.T) {
 			}
 			if err := c.Err(); tc.want != nil && !errors.Is(err, tc.want) {
 				t.Errorf("Err: - want: %v\n-  got: %v", tc.want, err)
+			}
+			if err := c.Err(); (tc.want == ErrClosed) == errors.Is(err, ErrLost) {
+				t.Errorf("Err: %v; ErrLost must be wrapped exactly when Close did not end it", err)
 			}
 			if err := c.Execute(ctxLong(t), "hang", nil, nil); err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Errorf("command after end: got %v", err)
