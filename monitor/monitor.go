@@ -137,9 +137,17 @@ type reply struct {
 }
 
 // Dial connects to the QMP socket at socketPath, reads QEMU's greeting and
-// leaves capabilities negotiation mode. ctx bounds all of it, so a stopped
-// or wedged QEMU cannot hang Dial.
+// leaves capabilities negotiation mode. ctx bounds all of it (if ctx has no
+// deadline, Options.CommandTimeout does), so a stopped or wedged QEMU cannot
+// hang Dial.
 func Dial(ctx context.Context, socketPath string, opts Options) (*Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		if t := commandTimeout(opts); t > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, t)
+			defer cancel()
+		}
+	}
 	c, err := dial(ctx, socketPath, opts)
 	if err != nil {
 		if cerr := ctxErr(ctx, err); cerr != nil {
@@ -190,10 +198,7 @@ func newConn(nc net.Conn, path string, opts Options) *Conn {
 		readEnd: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	c.timeout = opts.CommandTimeout
-	if c.timeout == 0 {
-		c.timeout = DefaultCommandTimeout
-	}
+	c.timeout = commandTimeout(opts)
 	if c.opts.EventBuffer <= 0 {
 		c.opts.EventBuffer = DefaultEventBuffer
 	}
@@ -202,6 +207,13 @@ func newConn(nc net.Conn, path string, opts Options) *Conn {
 	}
 	c.events.init()
 	return c
+}
+
+func commandTimeout(opts Options) time.Duration {
+	if opts.CommandTimeout == 0 {
+		return DefaultCommandTimeout
+	}
+	return opts.CommandTimeout
 }
 
 // handshake reads the greeting and negotiates capabilities. Events that
@@ -493,6 +505,9 @@ func (c *Conn) roundTrip(ctx context.Context, build func(buf []byte, id uint64) 
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	select {
 	case c.wsem <- struct{}{}:

@@ -68,6 +68,7 @@ func TestDialFailures(t *testing.T) {
 		sopts   qmptest.Options
 		setup   func(*qmptest.Server)
 		cancel  bool // cancel the context instead of a deadline
+		bound   bool // no deadline on ctx: Options.CommandTimeout bounds Dial
 		wantCtx error
 		wantQMP string // class of an *Error in the chain
 		wantMsg string
@@ -82,6 +83,12 @@ func TestDialFailures(t *testing.T) {
 			sopts:   qmptest.Options{BeforeGreeting: func(ctx context.Context) { <-ctx.Done() }},
 			cancel:  true,
 			wantCtx: context.Canceled,
+		},
+		{
+			name:    "greeting never comes, CommandTimeout",
+			sopts:   qmptest.Options{BeforeGreeting: func(ctx context.Context) { <-ctx.Done() }},
+			bound:   true,
+			wantCtx: context.DeadlineExceeded,
 		},
 		{
 			name:    "negotiation hangs",
@@ -112,15 +119,20 @@ func TestDialFailures(t *testing.T) {
 			}
 			var ctx context.Context
 			var cancel context.CancelFunc
-			if tc.cancel {
+			var opts Options
+			switch {
+			case tc.bound:
+				ctx, cancel = context.Background(), func() {}
+				opts.CommandTimeout = 100 * time.Millisecond
+			case tc.cancel:
 				ctx, cancel = context.WithCancel(context.Background())
 				time.AfterFunc(100*time.Millisecond, cancel)
-			} else {
+			default:
 				ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
 			}
 			defer cancel()
 			start := time.Now()
-			c, err := Dial(ctx, s.Path(), Options{})
+			c, err := Dial(ctx, s.Path(), opts)
 			if err == nil {
 				c.Close()
 				t.Fatal("Dial succeeded, want an error")
