@@ -99,7 +99,6 @@ func (e *Error) Error() string {
 // Conn is one QMP connection. Its methods are safe for concurrent use.
 type Conn struct {
 	nc      net.Conn
-	path    string
 	br      *bufio.Reader
 	opts    Options
 	greet   Greeting
@@ -164,7 +163,7 @@ func dial(ctx context.Context, socketPath string, opts Options) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := newConn(nc, socketPath, opts)
+	c := newConn(nc, opts)
 	// Bound the handshake: a deadline covers ctx's deadline, and a
 	// cancellation without one forces an immediate deadline.
 	if dl, ok := ctx.Deadline(); ok {
@@ -187,10 +186,9 @@ func dial(ctx context.Context, socketPath string, opts Options) (*Conn, error) {
 	return c, nil
 }
 
-func newConn(nc net.Conn, path string, opts Options) *Conn {
+func newConn(nc net.Conn, opts Options) *Conn {
 	c := &Conn{
 		nc:      nc,
-		path:    path,
 		br:      bufio.NewReaderSize(nc, 64<<10),
 		opts:    opts,
 		wsem:    make(chan struct{}, 1),
@@ -549,10 +547,13 @@ func (c *Conn) roundTrip(ctx context.Context, build func(buf []byte, id uint64) 
 		if n > 0 {
 			// QEMU holds half a command: nothing sent after it could
 			// be parsed, so the connection is lost.
-			c.stopWith(fmt.Errorf("monitor: write interrupted mid-command: %w", err))
+			c.stopWith(fmt.Errorf("%w: write interrupted mid-command: %w", ErrLost, err))
 		}
 		if cerr := ctxErr(ctx, err); cerr != nil {
 			return nil, cerr
+		}
+		if cerr := c.Err(); cerr != nil {
+			return nil, cerr // the connection ended meanwhile
 		}
 		return nil, fmt.Errorf("write: %w", err)
 	}

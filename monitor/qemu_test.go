@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -405,4 +406,56 @@ func BenchmarkGoQemuQueryStatus(b *testing.B) {
 		_, err := m.QueryStatus()
 		return err
 	})
+}
+
+// TestQEMUStopped plays a SIGSTOPped QEMU: commands time out instead of
+// hanging, a write that can no longer go through ends the connection (QEMU
+// would hold half a command), and Dial gives up when its ctx ends.
+func TestQEMUStopped(t *testing.T) {
+	q := startQEMU(t)
+	c := dialQEMU(t, q, Options{})
+	if err := q.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	short := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 200*time.Millisecond)
+	}
+	ctx, cancel := short()
+	err := c.Execute(ctx, "query-status", nil, nil)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Execute on a stopped QEMU: %v", err)
+	}
+
+	// Fill the socket until a write blocks and times out part-way.
+	big := []byte(`{"execute":"query-status","arguments":{"pad":"` + strings.Repeat("x", MaxCommandSize-100) + `"}}`)
+	for i := 0; ; i++ {
+		select {
+		case <-c.Done():
+		default:
+			if i == 1000 {
+				t.Fatal("the connection survived 1000 MB of unread commands")
+			}
+			ctx, cancel := short()
+			_, err := c.RunRaw(ctx, big)
+			cancel()
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrLost) {
+				t.Fatalf("RunRaw on a stopped QEMU: %v", err)
+			}
+			continue
+		}
+		break
+	}
+	if err := c.Err(); !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "mid-command") {
+		t.Errorf("Err: %v", err)
+	}
+
+	ctx, cancel = short()
+	defer cancel()
+	if c2, err := Dial(ctx, q.sock, Options{}); !errors.Is(err, context.DeadlineExceeded) {
+		if c2 != nil {
+			c2.Close()
+		}
+		t.Fatalf("Dial to a stopped QEMU: %v", err)
+	}
 }
