@@ -60,6 +60,9 @@ type Options struct {
 	// moment the connection is up, in order, from one goroutine. It runs
 	// apart from the reader, so it may call Execute on the same
 	// connection, but it holds up later events and should return quickly.
+	// Events and replies travel apart: an event QEMU sent just before a
+	// reply (STOP before the reply to "stop") may reach OnEvent after the
+	// command has returned.
 	OnEvent func(Event)
 
 	// CommandTimeout bounds commands whose context has no deadline
