@@ -217,7 +217,8 @@ func (b *builder) chardevs() error {
 func (b *builder) virtioSerialPort(e *etree.Element, driver, chardev string) jobj {
 	a := child(e, "address")
 	ctl, _ := b.controllerAlias("virtio-serial", attrOr(a, "controller", "0"))
-	o := obj("driver", driver, "bus", fmt.Sprintf("%s.%s", ctl, attrOr(a, "bus", "0")), "nr", int(mustUint(attrOr(a, "port", "1"))),
+	// A virtio-serial device has one bus, ".0", whatever the address says.
+	o := obj("driver", driver, "bus", ctl+".0", "nr", int(mustUint(attrOr(a, "port", "1"))),
 		"chardev", chardev, "id", alias(e))
 	return o
 }

@@ -82,7 +82,15 @@ func (b *builder) controllers() error {
 		b.addPCI(&o, c)
 		b.device(o)
 	}
-	for _, c := range byType("usb") {
+	usbs := byType("usb")
+	// The EHCI master before its companions.
+	sort.SliceStable(usbs, func(i, j int) bool {
+		if a, b := mustUint(attr(usbs[i], "index")), mustUint(attr(usbs[j], "index")); a != b {
+			return a < b
+		}
+		return attr(usbs[i], "model") == "ich9-ehci1" && attr(usbs[j], "model") != "ich9-ehci1"
+	})
+	for _, c := range usbs {
 		model := attr(c, "model")
 		if model == "none" {
 			continue
@@ -92,13 +100,13 @@ func (b *builder) controllers() error {
 			return unsupportedAt(c, "USB controller model %q is not supported on x86 QEMU", model)
 		}
 		o := obj("driver", drv)
-		if fn, companion := usbCompanionFunction(model); companion && model != "ich9-ehci1" {
-			master := "usb"
-			for _, m := range byType("usb") {
-				if attr(m, "index") == attr(c, "index") && attr(m, "model") == "ich9-ehci1" {
-					master = alias(m)
-				}
+		master := ""
+		for _, m := range byType("usb") {
+			if attr(m, "index") == attr(c, "index") && attr(m, "model") == "ich9-ehci1" {
+				master = alias(m)
 			}
+		}
+		if fn, companion := usbCompanionFunction(model); companion && model != "ich9-ehci1" && master != "" {
 			o.add("masterbus", master+".0")
 			o.add("firstport", fn*2)
 		} else {
@@ -171,7 +179,12 @@ func (b *builder) controllers() error {
 		b.addPCI(&o, c)
 		b.device(o)
 	}
-	for _, h := range children(b.devs, "hub") {
+	// Hubs before what plugs into them: shorter port paths first.
+	hubs := append([]*etree.Element(nil), children(b.devs, "hub")...)
+	sort.SliceStable(hubs, func(i, j int) bool {
+		return strings.Count(attr(child(hubs[i], "address"), "port"), ".") < strings.Count(attr(child(hubs[j], "address"), "port"), ".")
+	})
+	for _, h := range hubs {
 		o := obj("driver", "usb-hub", "id", alias(h))
 		b.addUSB(&o, h)
 		b.device(o)
@@ -276,6 +289,26 @@ func (b *builder) filesystems() error {
 	return nil
 }
 
+// knownNICs are QEMU 7.2 x86's network devices (-device help).
+var knownNICs = map[string]bool{
+	"e1000": true, "e1000-82544gc": true, "e1000-82545em": true, "e1000e": true, "i82550": true,
+	"i82551": true, "i82557a": true, "i82557b": true, "i82557c": true, "i82558a": true,
+	"i82558b": true, "i82559a": true, "i82559b": true, "i82559c": true, "i82559er": true,
+	"i82562": true, "i82801": true, "ne2k_isa": true, "ne2k_pci": true, "pcnet": true,
+	"rtl8139": true, "tulip": true, "usb-net": true, "virtio-net-pci": true,
+	"virtio-net-pci-non-transitional": true, "virtio-net-pci-transitional": true, "vmxnet3": true,
+	"e1000-82540em": true,
+}
+
+func sortedNICs() []string {
+	var out []string
+	for k := range knownNICs {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // nicDevice maps a libvirt NIC model to the QEMU device.
 func nicDevice(model string) string {
 	switch model {
@@ -369,6 +402,12 @@ func (b *builder) nets() error {
 		}
 		model := attr(child(n, "model"), "type")
 		drv := nicDevice(model)
+		if !knownNICs[drv] && b.t.emu == nil {
+			return unsupportedAt(child(n, "model"), "NIC model %q is not a QEMU 7.2 network device (known: %s)", model, strings.Join(sortedNICs(), ", "))
+		}
+		if b.t.emu != nil && !b.t.hasDevice(drv) {
+			return unsupportedAt(child(n, "model"), "emulator %s has no NIC model %q", b.t.emu.Path, drv)
+		}
 		o := obj("driver", drv)
 		dr := child(n, "driver")
 		if strings.HasPrefix(drv, "virtio-net") {
@@ -691,6 +730,21 @@ func (b *builder) spice(g *etree.Element) error {
 			}
 		}
 	}
+	// Secure and plaintext channels.
+	needTLS := tls > 0 || attr(g, "defaultMode") == "secure"
+	var chans []string
+	for _, c := range children(g, "channel") {
+		switch attr(c, "mode") {
+		case "secure":
+			needTLS = true
+			chans = append(chans, "tls-channel="+attr(c, "name"))
+		case "insecure":
+			chans = append(chans, "plaintext-channel="+attr(c, "name"))
+		}
+	}
+	if needTLS && b.opts.SpiceTLSDir == "" {
+		return unsupportedAt(g, "SPICE TLS (tlsPort, defaultMode='secure' or secure channels) needs server certificates, which this instance does not configure (spice_tls in qemu.conf)")
+	}
 	if socket != "" {
 		parts = append(parts, "unix=on", "addr="+kvEscape(socket))
 	} else {
@@ -699,15 +753,28 @@ func (b *builder) spice(g *etree.Element) error {
 			if port == 0 {
 				port = 5900
 			}
+			if b.opts.SpiceTLSDir != "" && attr(g, "defaultMode") != "insecure" {
+				tls = b.opts.SpiceTLSPort
+				if tls == 0 {
+					tls = port + 1
+				}
+			}
 		}
-		if port > 0 {
+		if port > 0 && attr(g, "defaultMode") != "secure" {
 			parts = append(parts, "port="+strconv.Itoa(port))
 		}
-		if tls > 0 || (attr(g, "autoport") == "yes" && attr(g, "defaultMode") == "secure") {
-			return unsupportedAt(g, "SPICE over TLS needs server certificates (spice_tls in qemu.conf), which this instance does not configure; remove tlsPort")
+		if tls > 0 && b.opts.SpiceTLSDir != "" {
+			parts = append(parts, "tls-port="+strconv.Itoa(tls))
 		}
 		if port > 0 || tls > 0 {
 			parts = append(parts, "addr="+listenAddr(g, b.opts.SpiceListen))
+		}
+		if tls > 0 && b.opts.SpiceTLSDir != "" {
+			parts = append(parts, "x509-dir="+kvEscape(b.opts.SpiceTLSDir))
+			if attr(g, "defaultMode") == "secure" {
+				parts = append(parts, "tls-channel=default")
+			}
+			parts = append(parts, chans...)
 		}
 	}
 	if !hasAttr(g, "passwd") {
@@ -1165,6 +1232,30 @@ func (b *builder) memoryDevices() error {
 			o.add("memdev", memID)
 			o.add("id", id)
 			b.device(o)
+		case "virtio-pmem":
+			path := trimText(find(m, "source", "path"))
+			b.object(obj("qom-type", "memory-backend-file", "id", memID, "mem-path", path, "share", true, "size", kib*1024))
+			o := obj("driver", "virtio-pmem-pci", "memdev", memID, "id", id)
+			b.addPCI(&o, m)
+			b.device(o)
+		case "virtio-mem":
+			b.object(b.memBackend(memID, kib*1024, nil))
+			o := obj("driver", "virtio-mem-pci")
+			if node != "" {
+				o.add("node", int(mustUint(node)))
+			}
+			if bs := find(m, "target", "block"); bs != nil {
+				v, _ := memoryKiB(bs)
+				o.add("block-size", v*1024)
+			}
+			if rq := find(m, "target", "requested"); rq != nil {
+				v, _ := memoryKiB(rq)
+				o.add("requested-size", v*1024)
+			}
+			o.add("memdev", memID)
+			o.add("id", id)
+			b.addPCI(&o, m)
+			b.device(o)
 		default:
 			return unsupportedAt(m, "memory device model %q is not supported", attr(m, "model"))
 		}
@@ -1188,6 +1279,9 @@ func (b *builder) iommu() error {
 				o.add("caching-mode", v == "on")
 			}
 			if v := attr(dr, "eim"); v != "" {
+				if v == "on" && b.accel() == "tcg" {
+					return &Error{Path: pathOf(io) + "/driver", Msg: "eim='on' needs KVM's split irqchip (domain type 'qemu' uses TCG)", Err: ErrNeedsKVM}
+				}
 				o.add("eim", v)
 			}
 			if v := attr(dr, "iotlb"); v != "" {

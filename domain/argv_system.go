@@ -110,7 +110,7 @@ func (b *builder) cpu() error {
 	switch mode {
 	case "host-passthrough":
 		if accel == "tcg" {
-			return &Error{Path: "cpu", Msg: "mode 'host-passthrough' needs KVM or HVF (domain type 'qemu' uses TCG; use mode='maximum')", Err: ErrUnsupported}
+			return &Error{Path: "cpu", Msg: "mode 'host-passthrough' needs KVM or HVF (domain type 'qemu' uses TCG; use mode='maximum')", Err: ErrNeedsKVM}
 		}
 		parts = append(parts, "host")
 		if attr(cpu, "migratable") != "" {
@@ -174,6 +174,16 @@ func (b *builder) cpu() error {
 	}
 	if t := b.timer("tsc"); t != nil && attr(t, "frequency") != "" {
 		parts = append(parts, "tsc-frequency="+attr(t, "frequency"))
+	}
+	if hv := b.feature("hyperv"); hv != nil && accel == "tcg" {
+		// TCG emulates the Hyper-V MSRs except the VP index (and has no
+		// host to pass through).
+		if attr(hv, "mode") == "passthrough" {
+			return &Error{Path: "features/hyperv", Msg: "Hyper-V passthrough mode needs KVM (domain type 'qemu' uses TCG)", Err: ErrNeedsKVM}
+		}
+		if vp := child(hv, "vpindex"); attr(vp, "state") == "on" {
+			return &Error{Path: pathOf(vp), Msg: "the Hyper-V VP index needs KVM (domain type 'qemu' uses TCG)", Err: ErrNeedsKVM}
+		}
 	}
 	if hv := b.feature("hyperv"); hv != nil && attrOr(hv, "mode", "custom") == "custom" {
 		for _, h := range hv.ChildElements() {
@@ -273,7 +283,7 @@ func (b *builder) loaderType() string {
 // one.
 func (b *builder) nvramPath() string {
 	n := find(b.d.root, "os", "nvram")
-	if p := strings.TrimSpace(text(n)); p != "" {
+	if p := nvramFile(n); p != "" {
 		return p
 	}
 	l := find(b.d.root, "os", "loader")
@@ -354,19 +364,38 @@ func (b *builder) memBackend(id string, bytes uint64, cell *etree.Element) jobj 
 // numatune but binds memory only through cgroups (cpuset.mems).
 func (b *builder) hostNodes(*etree.Element) string { return "" }
 
-func (b *builder) memory() error {
-	r := b.d.root
+// initialMemoryMiB is the boot RAM (-m size) in MiB: the sum of the NUMA
+// cells, each rounded up to a MiB, or <memory> minus memory devices.
+func (b *builder) initialMemoryMiB() uint64 {
+	if cells := children(find(b.d.root, "cpu", "numa"), "cell"); len(cells) > 0 {
+		var mib uint64
+		for _, c := range cells {
+			n, _ := scaled(attr(c, "memory"), attr(c, "unit"), "KiB")
+			mib += (n + 1<<20 - 1) >> 20
+		}
+		return mib
+	}
 	memKiB := b.d.MemoryKiB()
-	// Memory devices (DIMMs) are not part of the initial memory.
 	var dimmKiB uint64
 	for _, m := range children(b.devs, "memory") {
-		v, _ := memoryKiB(find(m, "target", "size"))
-		dimmKiB += v
+		dimmKiB += memDeviceKiB(m)
 	}
 	if dimmKiB < memKiB {
 		memKiB -= dimmKiB
 	}
-	mib := (memKiB + 1023) / 1024
+	return (memKiB + 1023) / 1024
+}
+
+// memDeviceKiB is the size of a memory device, aligned to 2 MiB as QEMU
+// needs for DIMMs on x86.
+func memDeviceKiB(m *etree.Element) uint64 {
+	v, _ := memoryKiB(find(m, "target", "size"))
+	return (v + 2047) / 2048 * 2048
+}
+
+func (b *builder) memory() error {
+	r := b.d.root
+	mib := b.initialMemoryMiB()
 	if mm := child(r, "maxMemory"); mm != nil {
 		maxKiB, _ := memoryKiB(mm)
 		b.add("-m", fmt.Sprintf("size=%dk,slots=%s,maxmem=%dk", mib*1024, attrOr(mm, "slots", "0"), maxKiB))
@@ -419,6 +448,7 @@ func (b *builder) numa() error {
 		if err != nil {
 			return errAt(cell, "attribute memory: %v", err)
 		}
+		bytes = (bytes + 1<<20 - 1) >> 20 << 20 // QEMU wants whole MiB
 		id := attrOr(cell, "id", strconv.Itoa(i))
 		b.object(b.memBackend("ram-node"+id, bytes, cell))
 		arg := "node,nodeid=" + id

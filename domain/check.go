@@ -130,7 +130,7 @@ func parseUint(v string) (uint64, error) {
 // tags. Namespaced children are extensions and are kept as they are.
 func (c *checker) known(e *etree.Element, tags ...string) {
 	for _, ch := range e.ChildElements() {
-		if ch.Space != "" {
+		if ch.Space != "" || ch.NamespaceURI() != "" {
 			continue
 		}
 		ok := false
@@ -173,7 +173,7 @@ var topLevel = []string{"name", "uuid", "genid", "title", "description", "metada
 	"vcpu", "vcpus", "iothreads", "iothreadids", "cputune", "numatune", "resource",
 	"sysinfo", "bootloader", "bootloader_args", "os", "idmap", "features", "cpu",
 	"clock", "on_poweroff", "on_reboot", "on_crash", "on_lockfailure", "pm", "perf",
-	"devices", "seclabel", "keywrap", "launchSecurity", "throttlegroups"}
+	"devices", "seclabel", "keywrap", "launchSecurity", "throttlegroups", "defaultiothread"}
 
 // check validates everything that does not depend on the host.
 func (d *Domain) check() error {
@@ -184,7 +184,7 @@ func (d *Domain) check() error {
 		"currentMemory", "vcpu", "vcpus", "os", "features", "cpu", "clock", "on_poweroff",
 		"on_reboot", "on_crash", "pm", "devices", "iothreads", "iothreadids", "cputune",
 		"numatune", "memtune", "blkiotune", "memoryBacking", "resource", "idmap", "perf",
-		"keywrap", "launchSecurity", "sysinfo")
+		"keywrap", "launchSecurity")
 	if c.err != nil {
 		return c.err
 	}

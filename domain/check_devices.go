@@ -103,7 +103,7 @@ func (d *Domain) checkCrossDevice(c *checker) {
 		}
 		if a := child(e, "alias"); a != nil {
 			n := attr(a, "name")
-			if prev, ok := aliases[n]; ok && !(e.Tag == "console" && prev.Tag == "serial") {
+			if prev, ok := aliases[n]; ok && !sharedAlias(prev, e) {
 				c.fail(a, "alias %q is already used by %s", n, pathOf(prev))
 			}
 			aliases[n] = e
@@ -118,6 +118,27 @@ func (d *Domain) checkCrossDevice(c *checker) {
 			}
 		}
 	}
+	// A function 0 with multifunction='off' cannot share its slot.
+	type slotKey struct{ bus, slot int }
+	fn0 := map[slotKey]*etree.Element{}
+	others := map[slotKey]*etree.Element{}
+	for _, e := range devs.ChildElements() {
+		p, ok := pciPlaced(e)
+		if !ok {
+			continue
+		}
+		k := slotKey{p.Bus, p.Slot}
+		if p.Function == 0 {
+			fn0[k] = e
+		} else {
+			others[k] = e
+		}
+	}
+	for k, e := range fn0 {
+		if o := others[k]; o != nil && attr(child(e, "address"), "multifunction") == "off" {
+			c.fail(child(e, "address"), "multifunction='off', but %s uses another function of the same slot", pathOf(o))
+		}
+	}
 	// Controller indexes are unique per type.
 	idx := map[string]*etree.Element{}
 	for _, ctl := range children(devs, "controller") {
@@ -130,6 +151,17 @@ func (d *Domain) checkCrossDevice(c *checker) {
 		}
 		idx[k] = ctl
 	}
+}
+
+// sharedAlias reports whether two devices may have the same alias: the
+// console that is serial port 0, and the controllers of one USB bus (an
+// EHCI and its UHCI companions).
+func sharedAlias(a, b *etree.Element) bool {
+	if a.Tag == "serial" && b.Tag == "console" {
+		return true
+	}
+	return a.Tag == "controller" && b.Tag == "controller" && attr(a, "type") == "usb" &&
+		attr(b, "type") == "usb" && attr(a, "index") == attr(b, "index")
 }
 
 func checkEmulator(c *checker, e *etree.Element) {

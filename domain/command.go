@@ -36,6 +36,11 @@ type CommandOptions struct {
 	VNCPort int
 	// SpicePort and SpiceTLSPort are the ports of an autoport SPICE display.
 	SpicePort, SpiceTLSPort int
+	// SpiceTLSDir is the x509 directory of SPICE's TLS port (qemu.conf
+	// spice_tls=1, spice_tls_x509_cert_dir: ca-cert.pem, server-cert.pem,
+	// server-key.pem). Empty: SPICE TLS is off, and a definition asking
+	// for a TLS port or secure channels is rejected.
+	SpiceTLSDir string
 	// VNCListen and SpiceListen are the listen addresses used when the
 	// definition names none (qemu.conf vnc_listen); default 127.0.0.1.
 	VNCListen, SpiceListen string

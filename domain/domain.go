@@ -282,11 +282,17 @@ func (d *Domain) Loader() (path string, readonly bool) {
 	return strings.TrimSpace(text(e)), attr(e, "readonly") == "yes"
 }
 
-// NVRAM returns os/nvram: the per-domain variable store path and its
-// template, "" when none.
+// NVRAM returns os/nvram: the per-domain variable store path (the text,
+// or <source file> of a type='file' NVRAM) and its template, "" when none.
 func (d *Domain) NVRAM() (path, template string) {
-	e := find(d.root, "os", "nvram")
-	return strings.TrimSpace(text(e)), attr(e, "template")
+	return nvramFile(find(d.root, "os", "nvram")), attr(find(d.root, "os", "nvram"), "template")
+}
+
+func nvramFile(e *etree.Element) string {
+	if src := child(e, "source"); src != nil {
+		return attr(src, "file")
+	}
+	return strings.TrimSpace(text(e))
 }
 
 // Root returns the underlying <domain> element. It is for packages that
@@ -302,11 +308,22 @@ func child(e *etree.Element, tag string) *etree.Element {
 		return nil
 	}
 	for _, c := range e.ChildElements() {
-		if c.Space == "" && c.Tag == tag {
+		if c.Space == "" && c.Tag == tag && !hasXmlns(c) {
 			return c
 		}
 	}
 	return nil
+}
+
+// hasXmlns reports whether e declares a default namespace (an extension
+// element written without a prefix).
+func hasXmlns(e *etree.Element) bool {
+	for _, a := range e.Attr {
+		if a.Space == "" && a.Key == "xmlns" && a.Value != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // children returns e's children in no namespace with the given tag.
@@ -379,10 +396,10 @@ func text(e *etree.Element) string {
 // elements are inserted at their place so the output reads like libvirt's.
 var domainOrder = orderOf("name", "uuid", "genid", "title", "description", "metadata",
 	"maxMemory", "memory", "currentMemory", "blkiotune", "memtune", "memoryBacking",
-	"vcpu", "vcpus", "iothreads", "iothreadids", "cputune", "numatune", "resource",
+	"vcpu", "vcpus", "iothreads", "iothreadids", "defaultiothread", "cputune", "numatune", "resource",
 	"sysinfo", "bootloader", "bootloader_args", "os", "idmap", "features", "cpu",
 	"clock", "on_poweroff", "on_reboot", "on_crash", "on_lockfailure", "pm", "perf",
-	"devices", "seclabel", "keywrap", "launchSecurity")
+	"devices", "seclabel", "keywrap", "launchSecurity", "defaultiothread")
 
 // deviceOrder is libvirt's order of device classes inside <devices>.
 var deviceOrder = orderOf("emulator", "disk", "controller", "lease", "filesystem",

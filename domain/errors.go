@@ -14,6 +14,11 @@ import (
 // QEMU lacks). errors.Is(err, ErrUnsupported) tells them from bad input.
 var ErrUnsupported = errors.New("unsupported")
 
+// ErrNeedsKVM is wrapped by errors about what only a hardware accelerator
+// can do (host-passthrough CPU, Hyper-V enlightenments, ...) when the
+// domain type is 'qemu' (TCG). It also matches ErrUnsupported.
+var ErrNeedsKVM = fmt.Errorf("%w: needs KVM", ErrUnsupported)
+
 // Error is a problem with a domain definition. Path names the element as a
 // slash-separated path from <domain> with 1-based indexes where an element
 // repeats, e.g. "devices/disk[2]/target".

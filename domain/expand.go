@@ -173,18 +173,25 @@ func (x *expander) general() error {
 			setAttr(e, "unit", "KiB")
 		}
 	}
-	if mem := child(r, "memory"); mem == nil {
-		// Memory from the NUMA cells.
+	// With NUMA cells, the total memory is their sum plus the memory
+	// devices, as libvirt computes it.
+	if cells := children(find(r, "cpu", "numa"), "cell"); len(cells) > 0 {
 		var sum uint64
-		for _, cell := range children(find(r, "cpu", "numa"), "cell") {
+		for _, cell := range cells {
 			b, err := scaled(attr(cell, "memory"), attr(cell, "unit"), "KiB")
 			if err != nil {
 				return errAt(cell, "attribute memory: %v", err)
 			}
 			sum += (b + 1023) / 1024
 		}
+		for _, m := range children(child(r, "devices"), "memory") {
+			v, _ := memoryKiB(find(m, "target", "size"))
+			sum += v
+		}
 		m := ensure(r, "memory")
-		setAttr(m, "unit", "KiB")
+		if !hasAttr(m, "unit") {
+			setAttr(m, "unit", "KiB")
+		}
 		m.SetText(strconv.FormatUint(sum, 10))
 	}
 	mem := x.d.MemoryKiB()
@@ -368,6 +375,12 @@ func (x *expander) controllerIndexes() {
 			continue
 		}
 		t := attr(ctl, "type")
+		if _, companion := usbCompanionFunction(attr(ctl, "model")); t == "usb" && companion && attr(ctl, "model") != "ich9-ehci1" {
+			if i, ok := x.companionIndex(ctl); ok {
+				x.setIndex(ctl, i)
+				continue
+			}
+		}
 		if used[t] == nil {
 			used[t] = map[int]bool{}
 		}
@@ -379,16 +392,49 @@ func (x *expander) controllerIndexes() {
 			i++
 		}
 		used[t][i] = true
-		// index goes after type, where libvirt writes it
-		old := ctl.Attr
-		ctl.Attr = nil
-		for _, a := range old {
-			ctl.Attr = append(ctl.Attr, a)
-			if a.Key == "type" && a.Space == "" {
-				setAttr(ctl, "index", strconv.Itoa(i))
-			}
+		x.setIndex(ctl, i)
+	}
+}
+
+// setIndex sets a controller's index right after its type, where libvirt
+// writes it.
+func (x *expander) setIndex(ctl *etree.Element, i int) {
+	old := ctl.Attr
+	ctl.Attr = nil
+	for _, a := range old {
+		ctl.Attr = append(ctl.Attr, a)
+		if a.Key == "type" && a.Space == "" {
+			setAttr(ctl, "index", strconv.Itoa(i))
 		}
 	}
+}
+
+// companionIndex finds the index of the USB bus a companion controller
+// without an index belongs to: the nearest preceding EHCI (in document
+// order, indexed or not yet) with no companion of the same model.
+func (x *expander) companionIndex(comp *etree.Element) (int, bool) {
+	var master *etree.Element
+	for _, ctl := range children(x.devs, "controller") {
+		if ctl == comp {
+			break
+		}
+		if attr(ctl, "type") == "usb" && attr(ctl, "model") == "ich9-ehci1" {
+			master = ctl
+		}
+	}
+	if master == nil {
+		return 0, false
+	}
+	if !hasAttr(master, "index") {
+		return 0, false
+	}
+	idx := attr(master, "index")
+	for _, ctl := range children(x.devs, "controller") {
+		if ctl != comp && attr(ctl, "type") == "usb" && attr(ctl, "model") == attr(comp, "model") && attr(ctl, "index") == idx {
+			return 0, false
+		}
+	}
+	return int(mustUint(idx)), true
 }
 
 func (x *expander) defaultUSBModel() string {
@@ -428,9 +474,6 @@ func (x *expander) fillPCIController(ctl *etree.Element) {
 	case "pcie-root-port", "pcie-switch-downstream-port":
 		t := subEnsure(ctl, "target", tail...)
 		defAttr(t, "chassis", idx)
-		if m == "pcie-switch-downstream-port" {
-			defAttr(t, "port", "0x0")
-		}
 	}
 }
 
@@ -846,6 +889,8 @@ func (x *expander) driveAddresses() error {
 // virtioSerialAddresses places virtio channels and consoles on
 // virtio-serial ports (consoles from port 0, channels from port 1).
 func (x *expander) virtioSerialAddresses() error {
+	// QEMU's virtio-serial device has a single bus: the address's bus
+	// attribute does not separate port numbers.
 	type portKey struct{ ctl, bus, port int }
 	used := map[portKey]bool{}
 	var pending []*etree.Element
@@ -864,9 +909,8 @@ func (x *expander) virtioSerialAddresses() error {
 		a := child(c, "address")
 		if a != nil && attr(a, "type") == "virtio-serial" && hasAttr(a, "port") {
 			ctl, _ := strconv.Atoi(attr(a, "controller"))
-			b, _ := strconv.Atoi(attr(a, "bus"))
 			p, _ := strconv.Atoi(attr(a, "port"))
-			used[portKey{ctl, b, p}] = true
+			used[portKey{ctl, 0, p}] = true
 			continue
 		}
 		pending = append(pending, c)
@@ -889,7 +933,8 @@ func (x *expander) virtioSerialAddresses() error {
 		}
 		ctl, _ := strconv.Atoi(attr(a, "controller"))
 		fixed := hasAttr(a, "controller")
-		b, _ := strconv.Atoi(attr(a, "bus"))
+		b := 0
+		bus := attrOr(a, "bus", "0")
 		start := 1
 		if c.Tag == "console" {
 			start = 0
@@ -906,7 +951,7 @@ func (x *expander) virtioSerialAddresses() error {
 		}
 		used[portKey{ctl, b, p}] = true
 		setAttr(a, "controller", strconv.Itoa(ctl))
-		setAttr(a, "bus", strconv.Itoa(b))
+		setAttr(a, "bus", bus)
 		setAttr(a, "port", strconv.Itoa(p))
 		if x.controller("virtio-serial", ctl) == nil {
 			x.ensureController("virtio-serial", ctl, "")
@@ -948,12 +993,15 @@ func (x *expander) pciAddresses() error {
 	if x.kind != machineI440FX && x.kind != machineQ35 {
 		return nil
 	}
-	a := newPCIAllocator(x)
+	a, err := newPCIAllocator(x)
+	if err != nil {
+		return err
+	}
 	q35 := x.kind == machineQ35
 	// Fixed addresses of built-in functions.
 	for _, ctl := range children(x.devs, "controller") {
 		typ, idx, model := attr(ctl, "type"), attr(ctl, "index"), attr(ctl, "model")
-		if child(ctl, "address") != nil {
+		if _, ok := pciPlaced(ctl); ok {
 			continue
 		}
 		switch {
@@ -965,72 +1013,101 @@ func (x *expander) pciAddresses() error {
 			setPCIAddr(ctl, pciAddr{Slot: 0x1f, Function: 2})
 		}
 	}
-	// The primary video card: slot 2 on i440fx, slot 1 on q35.
-	if vs := children(x.devs, "video"); len(vs) > 0 && child(vs[0], "address") == nil {
-		if t := attr(child(vs[0], "model"), "type"); t != "none" && t != "ramfb" {
-			slot := 2
-			if q35 {
-				slot = 1
-			}
-			if a.buses[0] != nil && a.buses[0].slotEmpty(slot) {
-				a.buses[0].mark(slot, 0)
-				setPCIAddr(vs[0], pciAddr{Slot: slot})
+	// The primary video card: slot 2 on i440fx, slot 1 on q35 (on the
+	// root bus in both cases).
+	if vs := children(x.devs, "video"); len(vs) > 0 {
+		if _, ok := pciPlaced(vs[0]); !ok {
+			if t := attr(child(vs[0], "model"), "type"); t != "none" && t != "ramfb" {
+				root := a.buses[0]
+				slot := 2
+				if q35 {
+					slot = 1
+				}
+				if root != nil && !root.slotEmpty(slot) {
+					slot = 0
+					for s := root.minSlot; s <= root.maxSlot; s++ {
+						if root.slotEmpty(s) {
+							slot = s
+							break
+						}
+					}
+				}
+				if root != nil && slot != 0 {
+					root.mark(slot, 0)
+					setPCIAddr(vs[0], pciAddr{Slot: slot})
+				}
 			}
 		}
 	}
-	// PCI controllers.
-	pcis := []*etree.Element{}
+	// PCI controllers, by index.
+	var pcis []*etree.Element
 	for _, ctl := range children(x.devs, "controller") {
 		if attr(ctl, "type") == "pci" {
 			pcis = append(pcis, ctl)
 		}
 	}
 	sort.SliceStable(pcis, func(i, j int) bool {
-		a, _ := strconv.Atoi(attr(pcis[i], "index"))
-		b, _ := strconv.Atoi(attr(pcis[j], "index"))
-		return a < b
+		return mustUint(attr(pcis[i], "index")) < mustUint(attr(pcis[j], "index"))
 	})
 	for _, ctl := range pcis {
 		if err := a.placeController(ctl); err != nil {
 			return err
 		}
 	}
-	assign := func(e *etree.Element, pcie bool) error {
-		return a.assign(e, pcie)
+	pcie := func(is bool) connKind {
+		if is {
+			return connPCIe
+		}
+		return connPCI
+	}
+	var jobs []struct {
+		e *etree.Element
+		k connKind
+	}
+	add := func(e *etree.Element, k connKind) {
+		jobs = append(jobs, struct {
+			e *etree.Element
+			k connKind
+		}{e, k})
 	}
 	for _, f := range children(x.devs, "filesystem") {
-		if err := assign(f, true); err != nil {
-			return err
-		}
+		add(f, connPCIe)
 	}
 	for _, n := range children(x.devs, "interface") {
-		if attr(n, "type") == "hostdev" {
-			continue
-		}
-		if err := assign(n, isPCIeModel(attr(child(n, "model"), "type"))); err != nil {
-			return err
+		if attr(n, "type") != "hostdev" {
+			add(n, pcie(isPCIeModel(attr(child(n, "model"), "type"))))
 		}
 	}
 	for _, s := range children(x.devs, "sound") {
 		switch attr(s, "model") {
 		case "pcspk", "usb", "sb16":
-			continue
+		default:
+			add(s, connPCI)
 		}
-		if err := assign(s, false); err != nil {
+	}
+	for _, e := range jobs {
+		if err := a.assign(e.e, e.k); err != nil {
 			return err
 		}
 	}
+	jobs = nil
 	// Device controllers: USB (companions share a slot), SCSI,
 	// virtio-serial, SATA beyond the built-in one.
 	usbGroups := map[string]*pciAddr{}
 	for _, ctl := range children(x.devs, "controller") {
-		typ, idx, model := attr(ctl, "type"), attr(ctl, "index"), attr(ctl, "model")
-		if child(ctl, "address") != nil {
-			if p, ok := parsePCIAddr(child(ctl, "address")); ok && typ == "usb" {
-				usbGroups[idx] = &p
+		if p, ok := pciPlaced(ctl); ok && attr(ctl, "type") == "usb" {
+			if _, companion := usbCompanionFunction(attr(ctl, "model")); companion {
+				p.Function = 0
+				usbGroups[attr(ctl, "index")] = &p
 			}
+		}
+	}
+	for _, ctl := range children(x.devs, "controller") {
+		typ, idx, model := attr(ctl, "type"), attr(ctl, "index"), attr(ctl, "model")
+		if _, ok := pciPlaced(ctl); ok {
 			continue
 		}
+		var err error
 		switch typ {
 		case "usb":
 			if model == "none" {
@@ -1039,123 +1116,106 @@ func (x *expander) pciAddresses() error {
 			if fn, companion := usbCompanionFunction(model); companion {
 				g := usbGroups[idx]
 				if g == nil {
-					b, slot, _, err := a.free(false)
-					if err != nil {
-						return fmt.Errorf("%s: %w", pathOf(ctl), err)
+					b, slot, _, ferr := a.free(connPCI)
+					if ferr != nil {
+						return fmt.Errorf("%s: %w", pathOf(ctl), ferr)
 					}
 					g = &pciAddr{Bus: b.index, Slot: slot}
 					usbGroups[idx] = g
 				}
-				p := pciAddr{Bus: g.Bus, Slot: g.Slot, Function: fn}
 				a.buses[g.Bus].mark(g.Slot, fn)
-				setPCIAddr(ctl, p)
+				setPCIAddr(ctl, pciAddr{Bus: g.Bus, Slot: g.Slot, Function: fn})
 				continue
 			}
-			if err := assign(ctl, model == "qemu-xhci" || model == "nec-xhci"); err != nil {
-				return err
-			}
+			err = a.assign(ctl, pcie(model == "qemu-xhci" || model == "nec-xhci"))
 		case "scsi":
-			if err := assign(ctl, strings.HasPrefix(model, "virtio")); err != nil {
-				return err
-			}
+			err = a.assign(ctl, pcie(model == "virtio-scsi" || model == "virtio-non-transitional"))
 		case "virtio-serial":
-			if err := assign(ctl, true); err != nil {
-				return err
-			}
+			err = a.assign(ctl, pcie(model != "virtio-transitional"))
 		case "sata":
-			if err := assign(ctl, true); err != nil {
-				return err
-			}
+			err = a.assign(ctl, connPCIe)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	for _, disk := range children(x.devs, "disk") {
 		if attr(child(disk, "target"), "bus") == "virtio" {
-			if err := assign(disk, true); err != nil {
-				return err
-			}
+			add(disk, pcie(attr(disk, "model") != "virtio-transitional"))
 		}
 	}
 	for _, h := range children(x.devs, "hostdev") {
 		if attr(h, "type") == "pci" || attr(h, "type") == "mdev" {
-			if err := assign(h, true); err != nil {
-				return err
-			}
+			add(h, connPCIe)
 		}
 	}
 	for _, b := range children(x.devs, "memballoon") {
-		if strings.HasPrefix(attr(b, "model"), "virtio") {
-			if err := assign(b, true); err != nil {
-				return err
-			}
+		if m := attr(b, "model"); m == "virtio" || m == "virtio-non-transitional" {
+			add(b, connPCIe)
+		} else if m == "virtio-transitional" {
+			add(b, connPCI)
 		}
 	}
 	for _, r := range children(x.devs, "rng") {
-		if err := assign(r, true); err != nil {
-			return err
-		}
+		add(r, pcie(attr(r, "model") != "virtio-transitional"))
 	}
 	for _, w := range children(x.devs, "watchdog") {
 		if attr(w, "model") == "i6300esb" {
-			if err := assign(w, false); err != nil {
-				return err
-			}
+			add(w, connPCI)
 		}
 	}
 	for i, v := range children(x.devs, "video") {
 		t := attr(child(v, "model"), "type")
-		if t == "none" || t == "ramfb" {
-			continue
+		if t == "none" || t == "ramfb" || i == 0 {
+			continue // the primary one is placed above
 		}
-		if i == 0 && child(v, "address") == nil && q35 {
-			// primary VGA goes on pcie.0 directly
-			root := a.buses[0]
-			for s := root.minSlot; s <= root.maxSlot; s++ {
-				if root.slotEmpty(s) {
-					root.mark(s, 0)
-					setPCIAddr(v, pciAddr{Slot: s})
-					break
-				}
-			}
-			continue
-		}
-		if err := assign(v, t == "virtio"); err != nil {
-			return err
-		}
+		add(v, pcie(t == "virtio"))
 	}
 	for _, s := range children(x.devs, "shmem") {
-		if err := assign(s, false); err != nil {
-			return err
-		}
+		add(s, connPCI)
 	}
 	for _, in := range children(x.devs, "input") {
 		if attr(in, "bus") == "virtio" {
-			if err := assign(in, true); err != nil {
-				return err
-			}
+			add(in, connPCIe)
 		}
 	}
 	for _, v := range children(x.devs, "vsock") {
-		if err := assign(v, true); err != nil {
-			return err
-		}
+		add(v, connPCIe)
 	}
 	for _, m := range children(x.devs, "memory") {
 		if md := attr(m, "model"); md == "virtio-pmem" || md == "virtio-mem" {
-			if err := assign(m, true); err != nil {
-				return err
-			}
+			add(m, connPCIe)
 		}
 	}
 	for _, io := range children(x.devs, "iommu") {
 		if attr(io, "model") == "virtio" {
-			if err := assign(io, true); err != nil {
-				return err
-			}
+			add(io, connRoot) // QEMU wants virtio-iommu-pci on the root bus
+		}
+	}
+	for _, p := range children(x.devs, "panic") {
+		if attr(p, "model") == "pvpanic" {
+			add(p, connPCI)
 		}
 	}
 	for _, c := range children(x.devs, "crypto") {
-		if err := assign(c, true); err != nil {
+		add(c, connPCIe)
+	}
+	for _, s := range children(x.devs, "serial") {
+		if attr(child(s, "target"), "type") == "pci-serial" {
+			add(s, connPCI)
+		}
+	}
+	for _, e := range jobs {
+		if err := a.assign(e.e, e.k); err != nil {
 			return err
+		}
+	}
+	// The primary video card, if its slot was taken by an explicit address.
+	if vs := children(x.devs, "video"); len(vs) > 0 {
+		if t := attr(child(vs[0], "model"), "type"); t != "none" && t != "ramfb" {
+			if err := a.assign(vs[0], connPCI); err != nil {
+				return err
+			}
 		}
 	}
 	// One empty root port for hotplug on a new q35 definition.
@@ -1164,7 +1224,7 @@ func (x *expander) pciAddresses() error {
 			return err
 		}
 	}
-	a.fixMultifunction()
+	a.finish()
 	return nil
 }
 

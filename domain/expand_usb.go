@@ -259,8 +259,18 @@ func (x *expander) aliases() error {
 			name = "pcie.0"
 		case typ == "pci":
 			name = "pci." + idx
-		case typ == "usb" && idx == "0":
+		case typ == "usb":
+			// An EHCI and its UHCI companions are one USB bus: one name.
 			name = "usb"
+			if idx != "0" {
+				name += idx
+			}
+			if child(c, "alias") == nil {
+				a := subInsert(c, "alias", "address", "acpi")
+				setAttr(a, "name", name)
+				taken[name] = true
+			}
+			continue
 		case typ == "ide" && idx == "0":
 			name = "ide"
 		case typ == "sata" && idx == "0" && x.kind == machineQ35:

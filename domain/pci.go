@@ -49,12 +49,22 @@ func parsePCIAddr(a *etree.Element) (pciAddr, bool) {
 	return p, ok
 }
 
+// pciPlaced returns a device's PCI address when it has a complete one (an
+// <address type='pci'/> without slot only asks for automatic placement).
+func pciPlaced(dev *etree.Element) (pciAddr, bool) {
+	a := child(dev, "address")
+	if !hasAttr(a, "slot") {
+		return pciAddr{}, false
+	}
+	return parsePCIAddr(a)
+}
+
 // setPCIAddr writes a PCI address into dev's <address>, replacing any
 // incomplete one.
 func setPCIAddr(dev *etree.Element, p pciAddr) {
 	a := child(dev, "address")
 	if a == nil {
-		a = dev.CreateElement("address")
+		a = subInsert(dev, "address")
 	}
 	mf := attr(a, "multifunction")
 	a.Attr = nil
@@ -63,11 +73,47 @@ func setPCIAddr(dev *etree.Element, p pciAddr) {
 	setAttr(a, "bus", fmt.Sprintf("0x%02x", p.Bus))
 	setAttr(a, "slot", fmt.Sprintf("0x%02x", p.Slot))
 	setAttr(a, "function", fmt.Sprintf("0x%x", p.Function))
-	if p.Multifunction || mf == "on" {
+	if p.Multifunction {
 		setAttr(a, "multifunction", "on")
 	} else if mf != "" {
 		setAttr(a, "multifunction", mf)
 	}
+}
+
+// connKind says what kind of PCI connection a device needs, which decides
+// the buses it can plug into (libvirt's "connect flags").
+type connKind int
+
+const (
+	connPCI        connKind = iota // conventional PCI endpoint
+	connPCIe                       // PCI Express endpoint
+	connRootPort                   // pcie-root-port
+	connDownstream                 // pcie-switch-downstream-port
+	connUpstream                   // pcie-switch-upstream-port
+	connPCIeToPCI                  // pcie-to-pci-bridge
+	connDMI                        // dmi-to-pci-bridge
+	connPCIBridge                  // pci-bridge
+	connPXB                        // pci-expander-bus / pcie-expander-bus
+	connRoot                       // an integrated device: the root bus only
+)
+
+// controllerConn is the connection kind of a PCI controller model.
+func controllerConn(model string) connKind {
+	switch model {
+	case "pcie-root-port":
+		return connRootPort
+	case "pcie-switch-downstream-port":
+		return connDownstream
+	case "pcie-switch-upstream-port":
+		return connUpstream
+	case "pcie-to-pci-bridge":
+		return connPCIeToPCI
+	case "dmi-to-pci-bridge":
+		return connDMI
+	case "pci-expander-bus", "pcie-expander-bus":
+		return connPXB
+	}
+	return connPCIBridge
 }
 
 // pciBus is one PCI bus of the guest: the root bus or one provided by a
@@ -75,10 +121,10 @@ func setPCIAddr(dev *etree.Element, p pciAddr) {
 type pciBus struct {
 	index   int
 	model   string
-	ctl     *etree.Element
 	minSlot int
 	maxSlot int
 	used    map[int]map[int]bool // slot -> functions in use
+	placing bool                 // the controller providing it is being placed
 }
 
 func (b *pciBus) isUsed(slot, fn int) bool { return b.used[slot][fn] }
@@ -92,18 +138,33 @@ func (b *pciBus) mark(slot, fn int) {
 	b.used[slot][fn] = true
 }
 
-// takesEndpoints reports whether a bus accepts ordinary endpoint devices,
-// and which kind: conventional PCI (false) or PCI Express (true).
-func (b *pciBus) accepts(pcie bool) bool {
+// accepts reports whether a device of kind k can plug into the bus.
+func (b *pciBus) accepts(k connKind, q35 bool) bool {
 	switch b.model {
-	case "pci-root", "pci-bridge", "pcie-to-pci-bridge":
-		return !pcie || b.model == "pci-root"
-	case "pcie-root-port", "pcie-switch-downstream-port":
-		return pcie
+	case "pci-root":
+		return k == connPCI || k == connPCIe || k == connPCIBridge || (k == connPXB && !q35) || k == connRoot
 	case "pcie-root":
-		return false // integrated endpoints only where libvirt puts them
+		return k == connRootPort || k == connDMI || k == connPXB || k == connRoot
+	case "pci-bridge", "pcie-to-pci-bridge", "dmi-to-pci-bridge", "pci-expander-bus":
+		return k == connPCI || k == connPCIBridge || (k == connPCIe && !q35)
+	case "pcie-root-port", "pcie-switch-downstream-port":
+		return k == connPCIe || k == connUpstream || k == connPCIeToPCI
+	case "pcie-switch-upstream-port":
+		return k == connDownstream
+	case "pcie-expander-bus":
+		return k == connRootPort
 	}
 	return false
+}
+
+func busRange(model string) (int, int) {
+	switch model {
+	case "pcie-root-port", "pcie-switch-downstream-port":
+		return 0, 0
+	case "dmi-to-pci-bridge", "pcie-switch-upstream-port", "pci-expander-bus", "pcie-expander-bus":
+		return 0, 31
+	}
+	return 1, 31 // pci-root, pcie-root, pci-bridge, pcie-to-pci-bridge
 }
 
 // pciAllocator assigns PCI addresses the way libvirt does: explicit
@@ -111,138 +172,163 @@ func (b *pciBus) accepts(pcie bool) bool {
 // a bus that can take them, and controllers are added when none can.
 type pciAllocator struct {
 	x     *expander
+	q35   bool
 	buses map[int]*pciBus
+	// depth bounds controllers added to place controllers.
+	depth int
 	// spare is set when expansion may add one empty pcie-root-port for
 	// hotplug (only for q35 definitions that had none).
 	spare bool
 }
 
-func busRange(model string) (int, int) {
-	switch model {
-	case "pci-root":
-		return 1, 31
-	case "pcie-root":
-		return 1, 31
-	case "pci-bridge", "pcie-to-pci-bridge":
-		return 1, 31
-	case "pcie-root-port", "pcie-switch-downstream-port":
-		return 0, 0
-	case "dmi-to-pci-bridge", "pcie-switch-upstream-port":
-		return 0, 31
-	case "pci-expander-bus", "pcie-expander-bus":
-		return 0, 31
-	}
-	return 1, 31
-}
-
-func newPCIAllocator(x *expander) *pciAllocator {
-	a := &pciAllocator{x: x, buses: map[int]*pciBus{}}
+func newPCIAllocator(x *expander) (*pciAllocator, error) {
+	a := &pciAllocator{x: x, q35: x.kind == machineQ35, buses: map[int]*pciBus{}}
 	rootPorts := 0
 	for _, ctl := range children(x.devs, "controller") {
 		if attr(ctl, "type") != "pci" {
 			continue
 		}
-		idx, _ := strconv.Atoi(attr(ctl, "index"))
-		m := attr(ctl, "model")
-		lo, hi := busRange(m)
-		a.buses[idx] = &pciBus{index: idx, model: m, ctl: ctl, minSlot: lo, maxSlot: hi, used: map[int]map[int]bool{}}
-		if m == "pcie-root-port" {
+		a.register(ctl)
+		if attr(ctl, "model") == "pcie-root-port" {
 			rootPorts++
 		}
 	}
-	a.spare = x.kind == machineQ35 && rootPorts == 0
+	a.spare = a.q35 && rootPorts == 0
 	// Reserve what the machine has built in.
 	if root := a.buses[0]; root != nil {
 		root.mark(0, 0) // host bridge
-		switch x.kind {
-		case machineI440FX:
-			for f := 0; f < 8; f++ {
-				root.mark(1, f) // PIIX3: ISA, IDE, USB, ACPI
-			}
-		case machineQ35:
-			for f := 0; f < 8; f++ {
+		for f := 0; f < 8; f++ {
+			if a.q35 {
 				root.mark(0x1f, f) // ICH9: LPC, SATA, SMBus
+			} else {
+				root.mark(1, f) // PIIX3: ISA, IDE, USB, ACPI
 			}
 		}
 	}
+	// Buses that explicit addresses refer to but no controller provides
+	// are added, as libvirt does (pci-bridges on i440fx).
+	maxBus := 0
+	for _, dev := range x.devs.ChildElements() {
+		if p, ok := pciPlaced(dev); ok && p.Bus > maxBus {
+			maxBus = p.Bus
+		}
+	}
+	for i := 1; i <= maxBus; i++ {
+		if a.buses[i] != nil {
+			continue
+		}
+		if a.q35 {
+			return nil, fmt.Errorf("devices: PCI bus %d is used by a device address but no PCI controller has index %d", i, i)
+		}
+		ctl := a.newController("pci-bridge", i)
+		a.register(ctl)
+	}
 	// Reserve explicit addresses.
 	for _, dev := range x.devs.ChildElements() {
-		if p, ok := parsePCIAddr(child(dev, "address")); ok && hasAttr(child(dev, "address"), "slot") {
+		if p, ok := pciPlaced(dev); ok {
 			if b := a.buses[p.Bus]; b != nil {
 				b.mark(p.Slot, p.Function)
 			}
 		}
 	}
-	return a
+	return a, nil
 }
 
-// assign gives dev an address on a bus accepting pcie (or conventional
-// PCI) endpoints, adding controllers as needed.
-func (a *pciAllocator) assign(dev *etree.Element, pcie bool) error {
-	if p, ok := parsePCIAddr(child(dev, "address")); ok && hasAttr(child(dev, "address"), "slot") {
-		_ = p
+func (a *pciAllocator) register(ctl *etree.Element) *pciBus {
+	idx, _ := strconv.Atoi(attr(ctl, "index"))
+	m := attr(ctl, "model")
+	lo, hi := busRange(m)
+	b := &pciBus{index: idx, model: m, minSlot: lo, maxSlot: hi, used: map[int]map[int]bool{}}
+	a.buses[idx] = b
+	return b
+}
+
+// assign gives dev an address on a bus accepting kind, adding controllers
+// as needed. Devices with a complete address or an address of another
+// type are left alone.
+func (a *pciAllocator) assign(dev *etree.Element, kind connKind) error {
+	if _, ok := pciPlaced(dev); ok {
 		return nil
 	}
 	if ad := child(dev, "address"); ad != nil && attr(ad, "type") != "pci" {
 		return nil // the device is on another bus (ccw, isa, ...)
 	}
-	bus, slot, fn, err := a.free(pcie)
+	bus, slot, fn, err := a.free(kind)
 	if err != nil {
 		return fmt.Errorf("%s: %w", pathOf(dev), err)
 	}
 	bus.mark(slot, fn)
-	setPCIAddr(dev, pciAddr{Bus: bus.index, Slot: slot, Function: fn})
+	p := pciAddr{Bus: bus.index, Slot: slot, Function: fn}
+	if kind == connRootPort && fn == 0 && bus.model == "pcie-root" {
+		p.Multifunction = true // more root ports may share the slot
+	}
+	setPCIAddr(dev, p)
 	return nil
 }
 
-// free finds (or makes) a free slot for one endpoint.
-func (a *pciAllocator) free(pcie bool) (*pciBus, int, int, error) {
-	if a.x.kind != machineQ35 {
-		pcie = false
+// free finds (or makes) a free slot for a device of kind.
+func (a *pciAllocator) free(kind connKind) (*pciBus, int, int, error) {
+	if !a.q35 && kind == connPCIe {
+		kind = connPCI
+	}
+	// On i440fx the last free conventional slot is kept for a pci-bridge,
+	// so that the bus can always grow.
+	if !a.q35 && kind == connPCI && a.freeSlots(connPCIBridge) == 1 {
+		br, err := a.addController("pci-bridge")
+		return br, 1, 0, err
 	}
 	for _, idx := range a.order() {
 		b := a.buses[idx]
-		if b.model == "pci-root" || (b.accepts(pcie) && b.model != "pcie-root") {
-			if b.model == "pci-root" && pcie && a.x.kind == machineQ35 {
-				continue
+		if b.placing || !b.accepts(kind, a.q35) {
+			continue
+		}
+		if kind == connRootPort && b.model == "pcie-root" {
+			if s, f, ok := a.rootPortSlot(b); ok {
+				return b, s, f, nil
 			}
-			for s := b.minSlot; s <= b.maxSlot; s++ {
-				if b.slotEmpty(s) {
-					return b, s, 0, nil
-				}
+			continue
+		}
+		if kind == connDMI && b.slotEmpty(0x1e) {
+			return b, 0x1e, 0, nil
+		}
+		for s := b.minSlot; s <= b.maxSlot; s++ {
+			if b.slotEmpty(s) {
+				return b, s, 0, nil
 			}
 		}
 	}
 	// Nothing free: add a controller providing a new bus.
-	if a.x.kind == machineQ35 {
-		if pcie {
-			rp, err := a.addController("pcie-root-port")
-			if err != nil {
-				return nil, 0, 0, err
-			}
-			return rp, 0, 0, nil
-		}
-		// A pcie-to-pci-bridge behind its own root port, parent first so
-		// that controller indexes follow the topology.
+	switch {
+	case a.q35 && (kind == connPCIe || kind == connUpstream || kind == connPCIeToPCI):
 		rp, err := a.addController("pcie-root-port")
-		if err != nil {
-			return nil, 0, 0, err
+		return rp, 0, 0, err
+	case a.q35 && kind == connDownstream:
+		up, err := a.addController("pcie-switch-upstream-port")
+		return up, 0, 0, err
+	case a.q35 && (kind == connPCI || kind == connPCIBridge):
+		br, err := a.addController("pcie-to-pci-bridge")
+		return br, 1, 0, err
+	case !a.q35 && (kind == connPCI || kind == connPCIBridge):
+		br, err := a.addController("pci-bridge")
+		return br, 1, 0, err
+	}
+	return nil, 0, 0, fmt.Errorf("no free PCI slot for this device")
+}
+
+// freeSlots counts the empty slots of buses accepting kind.
+func (a *pciAllocator) freeSlots(kind connKind) int {
+	n := 0
+	for _, b := range a.buses {
+		if b.placing || !b.accepts(kind, a.q35) {
+			continue
 		}
-		rp.mark(0, 0)
-		br, err := a.addControllerAt("pcie-to-pci-bridge", &pciAddr{Bus: rp.index})
-		if err != nil {
-			return nil, 0, 0, err
+		for s := b.minSlot; s <= b.maxSlot; s++ {
+			if b.slotEmpty(s) {
+				n++
+			}
 		}
-		return br, 1, 0, nil
 	}
-	if a.buses[0] == nil || a.buses[0].model != "pci-root" {
-		return nil, 0, 0, fmt.Errorf("no PCI bus to place the device on")
-	}
-	br, err := a.addController("pci-bridge")
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	return br, 1, 0, nil
+	return n
 }
 
 func (a *pciAllocator) order() []int {
@@ -255,66 +341,60 @@ func (a *pciAllocator) order() []int {
 }
 
 // rootPortSlot finds where a new pcie-root-port goes on pcie.0: the
-// functions of a slot are filled in order, like libvirt.
-func (a *pciAllocator) rootPortSlot() (*pciBus, int, int, error) {
-	root := a.buses[0]
-	if root == nil {
-		return nil, 0, 0, fmt.Errorf("no pcie-root controller")
-	}
-	// Continue the multifunction slot root ports already use, if any.
+// functions of a slot holding only root ports are filled first, then a
+// free slot is started, like libvirt.
+func (a *pciAllocator) rootPortSlot(root *pciBus) (int, int, bool) {
 	for s := root.minSlot; s <= root.maxSlot; s++ {
-		if root.slotEmpty(s) {
-			continue
-		}
-		if !a.slotHasOnlyRootPorts(s) {
+		if root.slotEmpty(s) || !a.slotHasOnlyRootPorts(s) {
 			continue
 		}
 		for f := 0; f < 8; f++ {
 			if !root.isUsed(s, f) {
-				return root, s, f, nil
+				return s, f, true
 			}
 		}
 	}
 	for s := root.minSlot; s <= root.maxSlot; s++ {
 		if root.slotEmpty(s) {
-			return root, s, 0, nil
+			return s, 0, true
 		}
 	}
-	return nil, 0, 0, fmt.Errorf("no free slot on pcie.0 for another pcie-root-port")
+	return 0, 0, false
 }
 
+// slotHasOnlyRootPorts reports whether slot of pcie.0 holds auto-placed
+// style root ports only (function 0 multifunction).
 func (a *pciAllocator) slotHasOnlyRootPorts(slot int) bool {
 	found := false
-	for _, ctl := range children(a.x.devs, "controller") {
-		p, ok := parsePCIAddr(child(ctl, "address"))
-		if !ok || p.Bus != 0 || p.Slot != slot || !hasAttr(child(ctl, "address"), "slot") {
+	for _, dev := range a.x.devs.ChildElements() {
+		p, ok := pciPlaced(dev)
+		if !ok || p.Bus != 0 || p.Slot != slot {
 			continue
 		}
-		if attr(ctl, "model") != "pcie-root-port" {
+		if dev.Tag != "controller" || attr(dev, "model") != "pcie-root-port" {
+			return false
+		}
+		if p.Function == 0 && !p.Multifunction {
 			return false
 		}
 		found = true
 	}
-	// Other devices on that slot disqualify it too.
-	for _, dev := range a.x.devs.ChildElements() {
-		if dev.Tag == "controller" {
-			continue
-		}
-		if p, ok := parsePCIAddr(child(dev, "address")); ok && p.Bus == 0 && p.Slot == slot {
-			return false
-		}
-	}
 	return found
 }
 
-// addController adds a PCI controller of model and places it.
-func (a *pciAllocator) addController(model string) (*pciBus, error) {
-	return a.addControllerAt(model, nil)
+// newController adds a PCI controller element of model with index idx.
+func (a *pciAllocator) newController(model string, idx int) *etree.Element {
+	ctl := a.x.addDevice("controller")
+	setAttr(ctl, "type", "pci")
+	setAttr(ctl, "index", strconv.Itoa(idx))
+	setAttr(ctl, "model", model)
+	a.x.fillPCIController(ctl)
+	return ctl
 }
 
-// addControllerAt adds a PCI controller of model at address at (nil:
-// wherever placeController puts it).
-func (a *pciAllocator) addControllerAt(model string, at *pciAddr) (*pciBus, error) {
+// addController adds a PCI controller of model with the next free index
+// and places it (adding its own parents first if needed).
+func (a *pciAllocator) addController(model string) (*pciBus, error) {
 	idx := 0
 	for i := range a.buses {
 		if i >= idx {
@@ -324,96 +404,76 @@ func (a *pciAllocator) addControllerAt(model string, at *pciAddr) (*pciBus, erro
 	if idx > 255 {
 		return nil, fmt.Errorf("too many PCI controllers")
 	}
-	ctl := a.x.addDevice("controller")
-	setAttr(ctl, "type", "pci")
-	setAttr(ctl, "index", strconv.Itoa(idx))
-	setAttr(ctl, "model", model)
-	a.x.fillPCIController(ctl)
-	lo, hi := busRange(model)
-	b := &pciBus{index: idx, model: model, ctl: ctl, minSlot: lo, maxSlot: hi, used: map[int]map[int]bool{}}
-	// Register the bus first so that controllers added to place this one
-	// get other indexes; mark it full meanwhile so nothing lands on it.
-	a.buses[idx] = b
-	saved := b.model
-	b.model = "placing"
-	var err error
-	if at != nil {
-		setPCIAddr(ctl, *at)
-	} else {
-		err = a.placeController(ctl)
+	// Place it before creating its bus, so parents it needs get lower
+	// indexes than its children will have.
+	if a.depth > 3 {
+		return nil, fmt.Errorf("no free PCI slot for a %s controller", model)
 	}
-	b.model = saved
+	a.depth++
+	bus, slot, fn, err := a.free(controllerConn(model))
+	a.depth--
 	if err != nil {
 		return nil, err
 	}
-	return b, nil
+	for i := range a.buses {
+		if i >= idx {
+			idx = i + 1
+		}
+	}
+	ctl := a.newController(model, idx)
+	bus.mark(slot, fn)
+	p := pciAddr{Bus: bus.index, Slot: slot, Function: fn}
+	if model == "pcie-root-port" && fn == 0 && bus.model == "pcie-root" {
+		p.Multifunction = true
+	}
+	setPCIAddr(ctl, p)
+	return a.register(ctl), nil
 }
 
-// placeController gives a PCI controller its address on a parent bus.
+// placeController gives an existing PCI controller its address.
 func (a *pciAllocator) placeController(ctl *etree.Element) error {
-	if p, ok := parsePCIAddr(child(ctl, "address")); ok && hasAttr(child(ctl, "address"), "slot") {
-		_ = p
-		return nil
-	}
 	switch attr(ctl, "model") {
 	case "pci-root", "pcie-root":
 		return nil
-	case "pcie-root-port", "dmi-to-pci-bridge", "pcie-switch-upstream-port", "pcie-expander-bus":
-		if a.x.kind != machineQ35 {
+	}
+	idx, _ := strconv.Atoi(attr(ctl, "index"))
+	own := a.buses[idx]
+	if own != nil {
+		own.placing = true
+		defer func() { own.placing = false }()
+	}
+	kind := controllerConn(attr(ctl, "model"))
+	if !a.q35 {
+		switch kind {
+		case connRootPort, connDownstream, connUpstream, connPCIeToPCI, connDMI:
 			return fmt.Errorf("%s: a %s controller needs a PCI Express machine (q35)", pathOf(ctl), attr(ctl, "model"))
 		}
-		root, s, f, err := a.rootPortSlot()
-		if attr(ctl, "model") != "pcie-root-port" {
-			root, s, f = a.buses[0], 0, 0
-			for sl := root.minSlot; sl <= root.maxSlot; sl++ {
-				if root.slotEmpty(sl) {
-					s = sl
-					break
-				}
-			}
-			if s == 0 {
-				err = fmt.Errorf("no free slot on pcie.0")
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", pathOf(ctl), err)
-		}
-		root.mark(s, f)
-		p := pciAddr{Bus: 0, Slot: s, Function: f}
-		if f == 0 && attr(ctl, "model") == "pcie-root-port" {
-			p.Multifunction = true
-		}
-		setPCIAddr(ctl, p)
-		if attr(ctl, "model") == "pcie-root-port" {
-			if t := child(ctl, "target"); t != nil && !hasAttr(t, "port") {
-				setAttr(t, "port", fmt.Sprintf("0x%x", s<<3|f))
-			}
-		}
-		return nil
-	case "pcie-to-pci-bridge", "pcie-switch-downstream-port":
-		return a.assign(ctl, true)
-	default: // pci-bridge, pci-expander-bus
-		return a.assign(ctl, a.x.kind == machineQ35 && false)
 	}
+	return a.assign(ctl, kind)
 }
 
-// fixMultifunction turns on multifunction for function 0 of every slot
-// that has other functions in use, as QEMU requires.
-func (a *pciAllocator) fixMultifunction() {
+// finish fixes multifunction bits and root/downstream port numbers.
+func (a *pciAllocator) finish() {
 	type key struct{ bus, slot int }
 	fns := map[key]int{}
 	for _, dev := range a.x.devs.ChildElements() {
-		if p, ok := parsePCIAddr(child(dev, "address")); ok && hasAttr(child(dev, "address"), "slot") {
-			if p.Function > 0 {
-				fns[key{p.Bus, p.Slot}]++
-			}
+		if p, ok := pciPlaced(dev); ok && p.Function > 0 {
+			fns[key{p.Bus, p.Slot}]++
 		}
 	}
 	for _, dev := range a.x.devs.ChildElements() {
 		ad := child(dev, "address")
-		if p, ok := parsePCIAddr(ad); ok && hasAttr(ad, "slot") && p.Function == 0 && fns[key{p.Bus, p.Slot}] > 0 {
-			if !hasAttr(ad, "multifunction") {
-				setAttr(ad, "multifunction", "on")
+		if p, ok := pciPlaced(dev); ok && p.Function == 0 && fns[key{p.Bus, p.Slot}] > 0 && !hasAttr(ad, "multifunction") {
+			setAttr(ad, "multifunction", "on")
+		}
+		if dev.Tag == "controller" && attr(dev, "type") == "pci" {
+			m := attr(dev, "model")
+			if t := child(dev, "target"); t != nil && !hasAttr(t, "port") {
+				if p, ok := pciPlaced(dev); ok && m == "pcie-root-port" {
+					setAttr(t, "port", fmt.Sprintf("0x%x", p.Slot<<3|p.Function))
+				} else if ok && m == "pcie-switch-downstream-port" {
+					setAttr(t, "port", fmt.Sprintf("0x%x", p.Slot))
+				}
 			}
 		}
 	}

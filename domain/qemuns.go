@@ -16,7 +16,7 @@ func qemuChildren(e *etree.Element, tag string) []*etree.Element {
 	}
 	var out []*etree.Element
 	for _, c := range e.ChildElements() {
-		if c.Tag == tag && c.Space != "" && c.NamespaceURI() == QEMUNamespace {
+		if c.Tag == tag && c.NamespaceURI() == QEMUNamespace {
 			out = append(out, c)
 		}
 	}
@@ -29,7 +29,7 @@ var envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // qemu:deprecation and qemu:override.
 func (d *Domain) checkQEMUNamespace(c *checker) {
 	for _, e := range d.root.ChildElements() {
-		if e.Space == "" {
+		if e.Space == "" && !hasXmlns(e) {
 			continue
 		}
 		if e.NamespaceURI() == "" {

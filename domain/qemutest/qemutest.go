@@ -97,6 +97,15 @@ func Run(ctx context.Context, dir, path string, args, env []string) (Result, err
 	var res answer
 	select {
 	case res = <-done:
+		if res.err != nil {
+			// A reset connection usually means QEMU is exiting with an
+			// error: report that, with its stderr.
+			select {
+			case werr := <-exited:
+				return Result{Stderr: stderr.String()}, fmt.Errorf("QEMU exited before answering query-status (%v): %s", werr, strings.TrimSpace(stderr.String()))
+			case <-time.After(5 * time.Second):
+			}
+		}
 	case werr := <-exited:
 		conn.Close()
 		<-done

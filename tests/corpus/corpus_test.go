@@ -141,7 +141,9 @@ func modelCheck(c corpusCase) (out outcome, d *domain.Domain) {
 	if !bytes.Equal(d2.XML(), once) {
 		return outcome{c: c, stage: "idempotent", detail: "Expand(Expand(x)) != Expand(x)\n" + diff(once, d2.XML())}, nil
 	}
-	cmd, err := domain.BuildCommand(d, domain.CommandOptions{QMPSocket: "/run/q.qmp", DomainDir: "/run/d"})
+	// libvirt's test suite runs with spice_tls=1 in qemu.conf; so do we.
+	cmd, err := domain.BuildCommand(d, domain.CommandOptions{QMPSocket: "/run/q.qmp", DomainDir: "/run/d",
+		SpiceTLSDir: "/etc/pki/libvirt-spice"})
 	if err != nil {
 		var de *domain.Error
 		if !errors.As(err, &de) {
@@ -218,7 +220,7 @@ func realStart(t *testing.T, out outcome, d *domain.Domain) (res outcome) {
 		return res
 	}
 	defer os.RemoveAll(dir)
-	p := &preparer{dir: dir, name: out.c.name}
+	p := &preparer{dir: dir, name: out.c.name, tlsDir: spiceTLSDir(t)}
 	defer p.cleanup()
 	skip, err := p.prepare(d)
 	if err != nil {
@@ -231,7 +233,7 @@ func realStart(t *testing.T, out outcome, d *domain.Domain) (res outcome) {
 	}
 	cmd, err := domain.BuildCommand(d, p.options())
 	if err != nil {
-		if errors.Is(err, domain.ErrUnsupported) && p.kvmOnly(err) {
+		if errors.Is(err, domain.ErrNeedsKVM) && p.wasKVM {
 			res.stage, res.detail = "skip", "KVM-only: "+err.Error()
 			return res
 		}
@@ -256,7 +258,27 @@ func realStart(t *testing.T, out outcome, d *domain.Domain) (res outcome) {
 var (
 	shortOnce sync.Once
 	shortDir  string
+	tlsOnce   sync.Once
+	tlsDir    string
 )
+
+// spiceTLSDir returns a directory with SPICE TLS certificates made for this
+// run (the qemu.conf spice_tls setup a SPICE-over-TLS guest needs).
+func spiceTLSDir(t *testing.T) string {
+	tlsOnce.Do(func() {
+		d := filepath.Join(shortTmp(t), "spice-tls")
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Errorf("spice TLS dir: %v", err)
+			return
+		}
+		if err := makeSpiceCerts(d); err != nil {
+			t.Errorf("spice TLS certificates: %v", err)
+			return
+		}
+		tlsDir = d
+	})
+	return tlsDir
+}
 
 // shortTmp returns a directory with a short path: UNIX socket paths must
 // fit in 108 bytes.

@@ -27,8 +27,13 @@ type preparer struct {
 	n     int
 	vnc   int
 	spice int
+	// spiceTLS is the port of a SPICE TLS listener; tlsDir its certificates.
+	spiceTLS int
+	tlsDir   string
 	close []io.Closer
 	shm   []string
+	// wasKVM is set when a type='kvm' guest is run under TCG.
+	wasKVM bool
 }
 
 var (
@@ -62,8 +67,10 @@ func (p *preparer) options() domain.CommandOptions {
 		QMPFD:     qemutest.QMPFD,
 		DomainDir: p.dir,
 		LibDir:    p.dir,
-		VNCPort:   p.vnc,
-		SpicePort: p.spice,
+		VNCPort:      p.vnc,
+		SpicePort:    p.spice,
+		SpiceTLSPort: p.spiceTLS,
+		SpiceTLSDir:  p.tlsDir,
 	}
 }
 
@@ -76,10 +83,6 @@ func (p *preparer) cleanup() {
 	}
 }
 
-// kvmOnly reports whether a BuildCommand error is about needing KVM.
-func (p *preparer) kvmOnly(err error) bool {
-	return strings.Contains(err.Error(), "needs KVM")
-}
 
 func attr(e *etree.Element, k string) string {
 	if e == nil {
@@ -187,6 +190,7 @@ func (p *preparer) rewrite(d *domain.Domain) (string, error) {
 	// No /dev/kvm here: KVM guests run under TCG.
 	if t := attr(r, "type"); t == "kvm" || t == "hvf" {
 		r.CreateAttr("type", "qemu")
+		p.wasKVM = true
 	}
 	devs := child(r, "devices")
 	if emu := child(devs, "emulator"); emu != nil {
@@ -197,11 +201,15 @@ func (p *preparer) rewrite(d *domain.Domain) (string, error) {
 	if cpu := child(r, "cpu"); cpu != nil && attr(cpu, "mode") == "host-passthrough" {
 		return "KVM-only: CPU mode host-passthrough", nil
 	}
-	if hv := child(child(r, "features"), "hyperv"); hv != nil && attr(hv, "mode") == "passthrough" {
-		return "KVM-only: Hyper-V passthrough", nil
-	}
 	if mb := child(r, "memoryBacking"); child(mb, "hugepages") != nil {
 		return "hugepages: no hugetlbfs mounted on this host", nil
+	} else if a := child(mb, "allocation"); attr(a, "mode") == "immediate" && d.MemoryKiB() > 2<<20 {
+		return fmt.Sprintf("host memory: preallocating %d MiB", d.MemoryKiB()/1024), nil
+	}
+	for _, m := range children(devs, "memory") {
+		if child(child(m, "source"), "pagesize") != nil {
+			return "hugepages: memory device with a page size", nil
+		}
 	}
 	if err := p.os(r); err != nil {
 		return "", err
@@ -343,12 +351,24 @@ func (p *preparer) os(r *etree.Element) error {
 		}
 		l.SetText(f)
 	}
+	for _, t := range children(child(os_, "acpi"), "table") {
+		f := p.path("acpi.dat")
+		if err := zeroFile(f, 64); err != nil {
+			return err
+		}
+		t.SetText(f)
+	}
 	if n := child(os_, "nvram"); n != nil {
+		if attr(n, "type") == "network" {
+			return errSkip("network block server: NVRAM")
+		}
 		f := p.path("vars.fd")
 		if err := zeroFile(f, 128<<10); err != nil {
 			return err
 		}
-		if strings.TrimSpace(n.Text()) != "" {
+		if src := child(n, "source"); src != nil {
+			src.CreateAttr("file", f)
+		} else if strings.TrimSpace(n.Text()) != "" {
 			n.SetText(f)
 		}
 		if attr(n, "template") != "" {
@@ -515,6 +535,12 @@ func (p *preparer) graphics(g *etree.Element) string {
 	}
 	if a := attr(g, "port"); a != "" && a != "-1" && a != "0" {
 		g.CreateAttr("port", strconv.Itoa(port))
+	}
+	if attr(g, "type") == "spice" {
+		p.spiceTLS = freePort()
+		if t := attr(g, "tlsPort"); t != "" && t != "-1" && t != "0" {
+			g.CreateAttr("tlsPort", strconv.Itoa(p.spiceTLS))
+		}
 	}
 	if ws := attr(g, "websocket"); ws != "" && ws != "-1" && ws != "0" {
 		g.CreateAttr("websocket", strconv.Itoa(freePort()))
