@@ -30,8 +30,8 @@ type preparer struct {
 	// spiceTLS is the port of a SPICE TLS listener; tlsDir its certificates.
 	spiceTLS int
 	tlsDir   string
-	close []io.Closer
-	shm   []string
+	close    []io.Closer
+	shm      []string
 	// wasKVM is set when a type='kvm' guest is run under TCG.
 	wasKVM bool
 }
@@ -64,9 +64,9 @@ func (p *preparer) path(base string) string {
 
 func (p *preparer) options() domain.CommandOptions {
 	return domain.CommandOptions{
-		QMPFD:     qemutest.QMPFD,
-		DomainDir: p.dir,
-		LibDir:    p.dir,
+		QMPFD:        qemutest.QMPFD,
+		DomainDir:    p.dir,
+		LibDir:       p.dir,
 		VNCPort:      p.vnc,
 		SpicePort:    p.spice,
 		SpiceTLSPort: p.spiceTLS,
@@ -82,7 +82,6 @@ func (p *preparer) cleanup() {
 		os.Remove(s)
 	}
 }
-
 
 func attr(e *etree.Element, k string) string {
 	if e == nil {
