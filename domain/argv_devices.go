@@ -245,7 +245,7 @@ func (b *builder) filesystems() error {
 	for _, f := range children(b.devs, "filesystem") {
 		dr := child(f, "driver")
 		if attr(dr, "type") == "virtiofs" {
-			return unsupportedAt(f, "virtiofs needs virtiofsd, which is not installed on this host")
+			return unsupportedAt(f, "virtiofs needs a virtiofsd daemon per filesystem, which qemufs does not run; use the 9p driver (driver type='path')")
 		}
 		if typ := attrOr(f, "type", "mount"); typ != "mount" {
 			return unsupportedAt(f, "filesystem type %q is not supported by QEMU (use type='mount')", typ)

@@ -435,6 +435,9 @@ func (b *builder) diskDevice(disk *etree.Element, bus, device, drive string) (jo
 			o.add("device_id", "drive-"+id)
 		}
 	case "virtio":
+		if device == "lun" {
+			return nil, unsupportedAt(disk, "SCSI passthrough over virtio-blk (device='lun' bus='virtio') was removed in QEMU 5.0; use bus='scsi' with a virtio-scsi controller")
+		}
 		drv := "virtio-blk-pci"
 		switch attr(disk, "model") {
 		case "virtio-transitional":

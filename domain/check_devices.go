@@ -108,7 +108,7 @@ func (d *Domain) checkCrossDevice(c *checker) {
 			}
 			aliases[n] = e
 		}
-		if a := child(e, "address"); a != nil && attr(a, "type") == "pci" && hasAttr(a, "slot") {
+		if a := child(e, "address"); a != nil && attr(a, "type") == "pci" && hasAttr(a, "slot") && e.Tag != "console" {
 			if p, ok := parsePCIAddr(a); ok {
 				k := p.String()
 				if prev, dup := addrs[k]; dup {
@@ -256,7 +256,7 @@ func checkDisk(c *checker, e *etree.Element) {
 		c.fail(t, "attribute dev: %q is not a disk name like vda, sdb, hdc or fda", dev)
 		return
 	}
-	if device == "lun" && bus != "scsi" {
+	if device == "lun" && bus != "scsi" && bus != "virtio" {
 		c.fail(t, "a disk with device='lun' requires bus='scsi', not %q", bus)
 	}
 	if device == "floppy" && bus != "fdc" {
@@ -314,7 +314,9 @@ func checkDisk(c *checker, e *etree.Element) {
 		}
 	case "network":
 		if src == nil {
-			c.fail(e, "a disk of type 'network' requires <source protocol='...'/>")
+			if device != "cdrom" && device != "floppy" {
+				c.fail(e, "a disk of type 'network' requires <source protocol='...'/>")
+			}
 			return
 		}
 		c.required(src, "protocol")
@@ -331,7 +333,9 @@ func checkDisk(c *checker, e *etree.Element) {
 		}
 	case "volume":
 		if src == nil {
-			c.fail(e, "a disk of type 'volume' requires <source pool='...' volume='...'/>")
+			if device != "cdrom" && device != "floppy" {
+				c.fail(e, "a disk of type 'volume' requires <source pool='...' volume='...'/>")
+			}
 			return
 		}
 		c.required(src, "pool")
