@@ -1081,6 +1081,14 @@ func (x *expander) pciAddresses() error {
 	for _, s := range children(x.devs, "sound") {
 		switch attr(s, "model") {
 		case "pcspk", "usb", "sb16":
+		case "ich9":
+			// ICH9's HD audio is function 00:1b.0 of a q35 chipset.
+			if _, ok := pciPlaced(s); !ok && q35 && a.buses[0] != nil && a.buses[0].slotEmpty(0x1b) {
+				a.buses[0].mark(0x1b, 0)
+				setPCIAddr(s, pciAddr{Slot: 0x1b})
+				continue
+			}
+			add(s, connPCI)
 		default:
 			add(s, connPCI)
 		}

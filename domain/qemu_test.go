@@ -167,3 +167,60 @@ func TestRealQEMUQMPSocketPath(t *testing.T) {
 		t.Fatalf("status %q, err %v\nargv: %s", res.Status, err, cmd)
 	}
 }
+
+// TestRealQEMUToolXML runs definitions shaped like what real tools write
+// (virt-install, virsh dumpxml): parse, validate, expand (idempotently),
+// and start paused.
+func TestRealQEMUToolXML(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	files, _ := filepath.Glob("testdata/tools/*.xml")
+	if len(files) == 0 {
+		t.Fatal("no tool XMLs")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			dir := t.TempDir()
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			x := strings.ReplaceAll(string(data), "@DIR@", dir)
+			d, err := Parse([]byte(x))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, dk := range d.Disks() {
+				if dk.Source != "" {
+					format := dk.Format
+					if format == "" {
+						format = "raw"
+					}
+					qemuImg(t, format, dk.Source, "16M")
+				}
+			}
+			if err := d.Validate(nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := Expand(d, nil); err != nil {
+				t.Fatal(err)
+			}
+			once := d.XML()
+			if err := Expand(d, nil); err != nil || string(d.XML()) != string(once) {
+				t.Fatalf("Expand not idempotent (%v)", err)
+			}
+			cmd, err := BuildCommand(d, CommandOptions{QMPFD: qemutest.QMPFD, DomainDir: dir,
+				VNCPort: freeVNCPort(t), SpicePort: freeVNCPort(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), qemutest.Timeout)
+			defer cancel()
+			res, err := qemutest.Run(ctx, dir, cmd.Path, cmd.Args, cmd.Env)
+			if err != nil || res.Status != "prelaunch" {
+				t.Fatalf("status %q: %v\nargv: %s", res.Status, err, cmd)
+			}
+		})
+	}
+}
