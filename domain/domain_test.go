@@ -419,6 +419,24 @@ func TestValidate(t *testing.T) {
 		Path: "/usr/bin/qemu-system-x86_64", Arch: "x86_64", VersionNum: 7002000, Accels: []string{"tcg"},
 		Machines: []capabilities.Machine{{Name: "pc-i440fx-7.2", Alias: "pc", Default: true}},
 	}}}
+	smallCaps := &capabilities.Capabilities{Host: caps.Host, Emulators: []*capabilities.Emulator{{
+		Path: "/usr/bin/qemu-system-x86_64", Arch: "x86_64", VersionNum: 7002000, Accels: []string{"tcg"},
+		Machines: caps.Emulators[0].Machines,
+		Devices: map[string]bool{"piix3-usb-uhci": true, "virtio-balloon-pci": true, "memory-backend-ram": true,
+			"rtl8139": true, "cirrus-vga": true},
+	}}}
+	withNIC := func(d *Domain) *Domain {
+		n := child(d.root, "devices").CreateElement("interface")
+		n.CreateAttr("type", "user")
+		n.CreateElement("model").CreateAttr("type", "virtio")
+		return d
+	}
+	withBridge := func(d *Domain) *Domain {
+		n := child(d.root, "devices").CreateElement("interface")
+		n.CreateAttr("type", "bridge")
+		n.CreateElement("source").CreateAttr("bridge", "br0")
+		return d
+	}
 	cases := []struct {
 		name        string
 		d           *Domain
@@ -431,6 +449,9 @@ func TestValidate(t *testing.T) {
 		{"ok no caps", mk("qemu", "/usr/bin/qemu-system-x86_64"), nil, "", false},
 		{"ok caps", mk("qemu", "/usr/bin/qemu-system-x86_64"), caps, "", false},
 		{"kvm", mk("kvm", "/usr/bin/qemu-system-x86_64"), caps, `os/type: domain type "kvm" is not available for arch x86_64 on this host (available: qemu)`, true},
+		{"missing device", withNIC(mk("qemu", "/usr/bin/qemu-system-x86_64")), smallCaps,
+			`devices: emulator /usr/bin/qemu-system-x86_64 has no device type "virtio-net-pci" (needed by -device {"driver":"virtio-net-pci"`, true},
+		{"host networking left for start", withBridge(mk("qemu", "/usr/bin/qemu-system-x86_64")), smallCaps, "", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,6 +1,8 @@
 package domain
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -485,14 +487,57 @@ func (d *Domain) Validate(caps *capabilities.Capabilities) error {
 	if err != nil {
 		return &Error{Path: "os/type", Msg: err.Error(), Err: ErrUnsupported}
 	}
-	// Device models the emulator lacks.
-	t := newTarget(e)
-	for _, need := range d.requiredDevices() {
-		if !t.hasDevice(need.qom) {
-			return &Error{Path: need.path, Msg: fmt.Sprintf("emulator %s has no device %q", e.Path, need.qom), Err: ErrUnsupported}
+	// Device models the emulator lacks: generate the command line for
+	// this emulator and check every -device and -object type. Errors
+	// about what only this host lacks (host networking, ...) are left for
+	// start time, as libvirt does; other argv errors are definition
+	// errors.
+	cmd, err := BuildCommand(d, CommandOptions{Emulator: e, DomainDir: "/run/qemufs-validate"})
+	if err != nil {
+		if errors.Is(err, ErrUnsupported) {
+			return nil
+		}
+		return err
+	}
+	if len(e.Devices) == 0 {
+		return nil
+	}
+	for i := 0; i+1 < len(cmd.Args); i++ {
+		var typ string
+		switch cmd.Args[i] {
+		case "-device":
+			typ = qomType(cmd.Args[i+1], "driver")
+		case "-object":
+			typ = qomType(cmd.Args[i+1], "qom-type")
+		default:
+			continue
+		}
+		if typ != "" && !e.Devices[typ] {
+			return &Error{Path: "devices", Msg: fmt.Sprintf("emulator %s has no device type %q (needed by %s %s)", e.Path, typ, cmd.Args[i], cmd.Args[i+1]), Err: ErrUnsupported}
 		}
 	}
 	return nil
+}
+
+// qomType returns the type of a -device/-object argument (JSON or
+// key=value).
+func qomType(arg, key string) string {
+	if strings.HasPrefix(arg, "{") {
+		var m map[string]any
+		if json.Unmarshal([]byte(arg), &m) == nil {
+			s, _ := m[key].(string)
+			return s
+		}
+		return ""
+	}
+	first, _, _ := strings.Cut(arg, ",")
+	if k, v, ok := strings.Cut(first, "="); ok {
+		if k == key {
+			return v
+		}
+		return ""
+	}
+	return first
 }
 
 func unwrapPathErr(err error) error {
@@ -500,24 +545,4 @@ func unwrapPathErr(err error) error {
 		return pe.Err
 	}
 	return err
-}
-
-type deviceNeed struct{ qom, path string }
-
-// requiredDevices lists the QOM types the definition needs, for checking
-// against probed capabilities.
-func (d *Domain) requiredDevices() []deviceNeed {
-	var out []deviceNeed
-	devs := child(d.root, "devices")
-	for _, v := range children(devs, "video") {
-		if q := videoDevice(attr(child(v, "model"), "type"), true); q != "" {
-			out = append(out, deviceNeed{q, pathOf(v)})
-		}
-	}
-	for _, n := range children(devs, "interface") {
-		if m := attr(child(n, "model"), "type"); m != "" {
-			out = append(out, deviceNeed{nicDevice(m), pathOf(n)})
-		}
-	}
-	return out
 }
