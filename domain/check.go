@@ -189,6 +189,7 @@ func (d *Domain) check() error {
 		return c.err
 	}
 	d.checkGeneral(c)
+	d.checkTuning(c)
 	d.checkOS(c)
 	d.checkFeatures(c)
 	d.checkCPU(c)

@@ -514,3 +514,29 @@ func TestLifecycleArgs(t *testing.T) {
 		t.Errorf("panic device: %s", s)
 	}
 }
+
+// TestTuning checks the tuning the driver applies with cgroups.
+func TestTuning(t *testing.T) {
+	x := strings.Replace(withDevices(""), "<devices>", `<vcpu cpuset='0-3,^2'>2</vcpu>
+  <memtune><hard_limit unit='MiB'>256</hard_limit><soft_limit>131072</soft_limit></memtune>
+  <blkiotune><weight>500</weight><device><path>/dev/sda</path><weight>700</weight><read_bytes_sec>1000</read_bytes_sec></device></blkiotune>
+  <cputune><shares>2048</shares><period>100000</period><quota>-1</quota><vcpupin vcpu='1' cpuset='3'/><emulatorpin cpuset='0-1'/></cputune>
+  <numatune><memory mode='interleave' nodeset='0'/></numatune>
+  <resource><partition>/machine/qemufs</partition></resource><devices>`, 1)
+	d, err := Parse([]byte(x))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tu := d.Tuning()
+	if tu.MemoryHardLimitKiB != 262144 || tu.MemorySoftLimitKiB != 131072 || tu.BlkioWeight != 500 ||
+		len(tu.BlkioDevices) != 1 || tu.BlkioDevices[0].Weight != 700 || tu.BlkioDevices[0].ReadBytesSec != 1000 ||
+		tu.CPUShares != 2048 || tu.CPUPeriod != 100000 || tu.CPUQuota != -1 || len(tu.VCPUPins[1]) != 1 ||
+		tu.VCPUPins[1][0] != 3 || len(tu.EmulatorPin) != 2 || tu.NUMAMode != "interleave" ||
+		len(tu.NUMANodeset) != 1 || tu.Partition != "/machine/qemufs" || len(tu.VCPUCPUSet) != 3 {
+		t.Errorf("Tuning() = %+v", tu)
+	}
+	bad := strings.Replace(x, "<vcpupin vcpu='1'", "<vcpupin vcpu='5'", 1)
+	if _, err := Parse([]byte(bad)); err == nil || err.Error() != "cputune/vcpupin: vCPU 5 does not exist (the domain has 2)" {
+		t.Errorf("vcpupin error: %v", err)
+	}
+}
