@@ -282,15 +282,29 @@ func (b *builder) loaderType() string {
 // LibDir/NAME_VARS.fd when a template or secure/readonly loader asks for
 // one.
 func (b *builder) nvramPath() string {
-	n := find(b.d.root, "os", "nvram")
+	p, _ := b.d.NVRAMPath(b.opts.LibDir)
+	return p
+}
+
+// NVRAMPath returns the UEFI variable store a start uses and the template
+// to create it from when it does not exist yet (the driver copies it, as
+// libvirt does): os/nvram's path, else libDir/NAME_VARS.fd when the
+// definition has a template or a read-only pflash loader. path is ""
+// when the guest has no variable store.
+func (d *Domain) NVRAMPath(libDir string) (path, template string) {
+	n := find(d.root, "os", "nvram")
+	template = attr(n, "template")
 	if p := nvramFile(n); p != "" {
-		return p
+		return p, template
 	}
-	l := find(b.d.root, "os", "loader")
+	l := find(d.root, "os", "loader")
+	if l == nil || strings.TrimSpace(l.Text()) == "" {
+		return "", ""
+	}
 	if n != nil || (attr(l, "readonly") == "yes" && attr(l, "stateless") != "yes") {
-		return filepath.Join(b.opts.LibDir, b.d.Name()+"_VARS.fd")
+		return filepath.Join(libDir, d.Name()+"_VARS.fd"), template
 	}
-	return ""
+	return "", template
 }
 
 func (b *builder) firmware() error {

@@ -474,6 +474,25 @@ func (x *expander) fillPCIController(ctl *etree.Element) {
 	case "pcie-root-port", "pcie-switch-downstream-port":
 		t := subEnsure(ctl, "target", tail...)
 		defAttr(t, "chassis", idx)
+	case "pci-expander-bus", "pcie-expander-bus":
+		// Each expander needs its own bus number range: count down from
+		// 254, two at a time (its bus and the one behind it), as libvirt.
+		t := subEnsure(ctl, "target", tail...)
+		if !hasAttr(t, "busNr") {
+			next := 254
+			for _, c := range children(x.devs, "controller") {
+				if c == ctl {
+					continue
+				}
+				if nr := attr(child(c, "target"), "busNr"); nr != "" && int(mustUint(nr))-2 < next {
+					next = int(mustUint(nr)) - 2
+				}
+			}
+			old := t.Attr
+			t.Attr = nil
+			setAttr(t, "busNr", strconv.Itoa(next))
+			t.Attr = append(t.Attr, old...)
+		}
 	}
 }
 
