@@ -1,6 +1,7 @@
 package procmgr
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +18,9 @@ import (
 // the daemon's own binary (/proc/self/exe) as the exec helper: Go cannot
 // run code between fork and exec beyond what SysProcAttr offers, so the
 // helper process does the mount namespace, cgroup, label and credential
-// steps itself and then execs QEMU, which keeps the helper's pid.
+// steps itself and then execs QEMU, which keeps the helper's pid. After
+// Init, one helper is kept started ahead (a spare), so the Go runtime's
+// start-up is not on Start's path.
 //
 // main must call RunHelper first thing when os.Args[1] == HelperArg:
 //
@@ -26,15 +29,16 @@ import (
 //	}
 const HelperArg = "__qemufs-exec"
 
-// helperRequest is what Start sends the helper over the spec pipe.
+// helperRequest is what Start sends the helper over its control socket,
+// with the process's files (stdin, output, ExtraFiles...) attached.
 type helperRequest struct {
 	Spec  Spec
-	Files int // len(Spec.ExtraFiles): they are fds 3 .. 3+Files-1
+	Files int // len(Spec.ExtraFiles)
 }
 
-// helperFailure is what the helper sends back over the error pipe when a
-// step fails. A successful exec closes the pipe (it is close-on-exec) with
-// nothing written.
+// helperFailure is what the helper sends back over the control socket when
+// a step fails. A successful exec closes the socket (it is close-on-exec)
+// with nothing written.
 type helperFailure struct {
 	Step  string `json:"step"`
 	Msg   string `json:"msg"`
@@ -60,88 +64,173 @@ func (e *HelperError) Unwrap() error {
 	return e.Errno
 }
 
+// A helper process's fd table, as spawnHelper sets it up:
+//
+//	0, 1, 2             /dev/null
+//	3 .. 3+slots-1      /dev/null placeholders for ExtraFiles
+//	3+slots             the control socket
+//
+// The placeholders keep the low fds taken while the Go runtime starts (it
+// keeps files open, e.g. the cgroup CPU quota), so that moving the received
+// files to 0 .. 3+len(ExtraFiles)-1 right before exec replaces nothing the
+// runtime uses.
+
 // helper is the state of the exec helper process.
 type helper struct {
-	req  helperRequest
-	spec *Spec
-	in   *os.File // spec pipe
-	attr procAttr
+	ctrl  int // control socket
+	slots int
+	req   helperRequest
+	spec  *Spec
+	files []int // received: stdin, output, ExtraFiles...
+	attr  procAttr
 }
 
-// RunHelper is the exec helper's main: it reads the Spec from the pipe
-// Start passes, prepares the process and execs the emulator. It never
-// returns: on failure it reports the error to Start and exits 127.
+// RunHelper is the exec helper's main: it waits for Start to send a Spec
+// and the process's files, prepares the process and execs the emulator. It
+// never returns. On failure it reports the error to Start and exits 127;
+// if the daemon goes away first, it exits 0.
 func RunHelper() {
-	// Thread attributes (the exec label) belong to this thread, and the
-	// exec must happen from it.
+	// Thread attributes (the mount namespace, the exec label) belong to
+	// this thread, and the exec must happen from it.
 	runtime.LockOSThread()
 	if len(os.Args) != 3 {
 		fmt.Fprintf(os.Stderr, "%s: internal entry point of procmgr, not for direct use\n", HelperArg)
 		os.Exit(127)
 	}
-	n, err := strconv.Atoi(os.Args[2])
-	if err != nil || n < 0 {
-		fmt.Fprintf(os.Stderr, "%s: bad file count %q\n", HelperArg, os.Args[2])
+	slots, err := strconv.Atoi(os.Args[2])
+	if err != nil || slots < 0 {
+		fmt.Fprintf(os.Stderr, "%s: bad slot count %q\n", HelperArg, os.Args[2])
 		os.Exit(127)
 	}
-	specFd, errFd := 3+n, 4+n
-	unix.CloseOnExec(specFd)
-	unix.CloseOnExec(errFd)
-	errPipe := os.NewFile(uintptr(errFd), "helper-errors")
-	h := &helper{in: os.NewFile(uintptr(specFd), "helper-spec"), attr: threadAttr{}}
-	h.req.Files = n
-
+	h := &helper{ctrl: 3 + slots, slots: slots, attr: threadAttr{}}
+	unix.CloseOnExec(h.ctrl)
 	defer func() {
 		if r := recover(); r != nil {
-			report(errPipe, &stepError{Step: "helper", Err: fmt.Errorf("exec helper panicked: %v", r)})
+			h.report(&stepError{Step: "helper", Err: fmt.Errorf("exec helper panicked: %v", r)})
 			os.Exit(127)
 		}
 	}()
-	err = h.run()
+	if err := h.receive(); err != nil {
+		if errors.Is(err, io.EOF) {
+			os.Exit(0) // a spare the daemon no longer needs
+		}
+		h.report(&stepError{Step: "helper.Receive", Err: err})
+		os.Exit(127)
+	}
+	err = h.steps().run(h, nil)
 	// Only reached on failure: a successful exec does not return.
-	report(errPipe, err)
+	h.report(err)
 	os.Exit(127)
 }
 
-// run reads the request and runs the steps it needs, ending with exec.
-func (h *helper) run() error {
-	read := steps[*helper]{{Name: "helper.ReadSpec", Fn: (*helper).readSpec}}
-	if err := read.run(h, nil); err != nil {
-		return err
+// receive says it is ready (one byte), then reads the request: an 8-byte
+// header (JSON length, file count) carrying the files, then the JSON. It
+// blocks until Start sends it.
+func (h *helper) receive() error {
+	if _, err := unix.Write(h.ctrl, []byte{helperReady}); err != nil {
+		return fmt.Errorf("exec helper: say ready: %w", err)
 	}
-	return h.steps().run(h, nil)
+	var hdr [8]byte
+	oob := make([]byte, unix.CmsgSpace(4*(3+h.slots)))
+	var n, oobn int
+	var err error
+	for {
+		n, oobn, _, _, err = unix.Recvmsg(h.ctrl, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("exec helper: receive: %w", err)
+	}
+	if n == 0 {
+		return io.EOF
+	}
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return fmt.Errorf("exec helper: receive files: %w", err)
+		}
+		for _, m := range msgs {
+			fds, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				return fmt.Errorf("exec helper: receive files: %w", err)
+			}
+			h.files = append(h.files, fds...)
+		}
+	}
+	if n < len(hdr) {
+		if err := readFull(h.ctrl, hdr[n:]); err != nil {
+			return fmt.Errorf("exec helper: receive: %w", err)
+		}
+	}
+	size, nfiles := binary.LittleEndian.Uint32(hdr[:4]), binary.LittleEndian.Uint32(hdr[4:])
+	data := make([]byte, size)
+	if err := readFull(h.ctrl, data); err != nil {
+		return fmt.Errorf("exec helper: receive spec: %w", err)
+	}
+	if err := json.Unmarshal(data, &h.req); err != nil {
+		return fmt.Errorf("exec helper: decode spec: %w", err)
+	}
+	h.spec = &h.req.Spec
+	if int(nfiles) != len(h.files) || len(h.files) != 2+h.req.Files || h.req.Files > h.slots {
+		return fmt.Errorf("exec helper: got %d files for %d extra files (room for %d)", len(h.files), h.req.Files, h.slots)
+	}
+	return nil
+}
+
+// readFull reads len(b) bytes from a blocking fd. The helper keeps the
+// control socket away from the runtime poller: it would allocate an epoll
+// fd, and the helper must know every fd it has.
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(fd, b)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return io.ErrUnexpectedEOF
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 // steps is the helper's start-up, in order: namespace and /dev first (as
 // root, with the host's /dev still visible), then cgroups, the exec label,
 // the credential (which drops the capabilities the steps before needed),
-// the working directory (as the final user) and the exec.
+// the working directory (as the final user), the files and the exec.
 func (h *helper) steps() steps[*helper] {
 	s := h.spec
 	return steps[*helper]{}.
-		with(s.MountNS != nil, step[*helper]{Name: "helper.MountNS", Fn: func(h *helper) error { return setupMountNS(h.spec.MountNS) }}).
+		with(s.MountNS != nil, step[*helper]{Name: "helper.MountNS", Fn: func(h *helper) error { return enterMountNS(h.spec.MountNS) }}).
 		with(len(s.CgroupProcs) > 0, step[*helper]{Name: "helper.Cgroups", Fn: func(h *helper) error { return joinCgroups(h.spec.CgroupProcs) }}).
 		with(s.Label != nil, step[*helper]{Name: "helper.Label", Fn: func(h *helper) error { return applyExecLabel(h.attr, h.spec.Label) }}).
 		with(s.Credential != nil, step[*helper]{Name: "helper.Credential", Fn: func(h *helper) error { return setCredential(h.spec.Credential) }}).
 		with(s.Dir != "", step[*helper]{Name: "helper.Dir", Fn: func(h *helper) error { return chdir(h.spec.Dir) }}).
+		with(true, step[*helper]{Name: "helper.Files", Fn: (*helper).arrangeFiles}).
 		with(true, step[*helper]{Name: "helper.Exec", Fn: (*helper).exec})
 }
 
-func (h *helper) readSpec() error {
-	data, err := io.ReadAll(h.in)
-	h.in.Close()
-	if err != nil {
-		return fmt.Errorf("exec helper: read spec: %w", err)
+// arrangeFiles puts the received files where the emulator expects them:
+// stdin 0, output 1 and 2, ExtraFiles from 3, without close-on-exec. Only
+// /dev/null and placeholders are replaced. Every other fd closes at exec:
+// unused placeholders, the received originals, the runtime's, and any fd
+// the daemon inherited without close-on-exec.
+func (h *helper) arrangeFiles() error {
+	target := append([]int{h.files[0], h.files[1], h.files[1]}, h.files[2:]...)
+	for i, fd := range target {
+		if err := unix.Dup3(fd, i, 0); err != nil {
+			return fmt.Errorf("files: dup fd %d to %d: %w", fd, i, err)
+		}
 	}
-	var req helperRequest
-	if err := json.Unmarshal(data, &req); err != nil {
-		return fmt.Errorf("exec helper: decode spec: %w", err)
+	if err := unix.CloseRange(uint(len(target)), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		for fd := len(target); fd < 3+h.slots; fd++ {
+			unix.CloseOnExec(fd)
+		}
 	}
-	if req.Files != h.req.Files {
-		return fmt.Errorf("exec helper: spec names %d extra files, command line %d", req.Files, h.req.Files)
-	}
-	h.req = req
-	h.spec = &h.req.Spec
 	return nil
 }
 
@@ -222,8 +311,8 @@ func (h *helper) exec() error {
 	return fmt.Errorf("exec %s: %w", s.Path, err)
 }
 
-// report sends err to Start over the error pipe.
-func report(w *os.File, err error) {
+// report sends err to Start over the control socket.
+func (h *helper) report(err error) {
 	f := helperFailure{Msg: err.Error()}
 	var se *stepError
 	if errors.As(err, &se) {
@@ -234,7 +323,7 @@ func report(w *os.File, err error) {
 		f.Errno = int(errno)
 	}
 	data, _ := json.Marshal(f)
-	if _, werr := w.Write(data); werr != nil {
+	if _, werr := unix.Write(h.ctrl, data); werr != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v (and reporting it failed: %v)\n", HelperArg, err, werr)
 	}
 }

@@ -429,3 +429,59 @@ func TestApplyExecLabel(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadSpare: a spare helper that died while it waited is replaced.
+func TestDeadSpare(t *testing.T) {
+	flushSpares()
+	spares.mu.Lock()
+	h := spares.spare
+	spares.mu.Unlock()
+	if h == nil {
+		t.Fatal("no spare helper after Init")
+	}
+	// Our child, not reaped: safe to signal by pid.
+	if err := unix.Kill(h.pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until it is dead (its pidfd turns readable).
+	pfd := []unix.PollFd{{Fd: int32(h.pidfd), Events: unix.POLLIN}}
+	if _, err := unix.Poll(pfd, int(testTimeout.Milliseconds())); err != nil {
+		t.Fatal(err)
+	}
+	before := children(t)
+	p := startT(t, Spec{Path: "/bin/sleep", Args: []string{"1000"}, MountNS: &MountNamespace{}})
+	if p.Pid == h.pid {
+		t.Fatalf("started in the dead spare %d", h.pid)
+	}
+	if before[h.pid] {
+		t.Logf("dead spare %d was still a zombie before Start", h.pid)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", h.pid)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("dead spare %d not reaped: %v", h.pid, err)
+	}
+}
+
+// TestManyExtraFiles: more ExtraFiles than a spare has room for get a
+// helper of their own, and arrive in order.
+func TestManyExtraFiles(t *testing.T) {
+	dir := t.TempDir()
+	var files []*os.File
+	for i := 0; i < helperSlots+8; i++ {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprint("f", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		files = append(files, f)
+	}
+	spec := fdProbe(t, files)
+	spec.MountNS = &MountNamespace{}
+	got := probedFds(t, spec)
+	want := map[int]string{0: "/dev/null", 1: spec.LogPath, 2: spec.LogPath}
+	for i, f := range files {
+		want[3+i] = f.Name()
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("fds:\n- want: %v\n-  got: %v", want, got)
+	}
+}

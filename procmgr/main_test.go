@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // spawnerEnv makes the test binary a stand-in daemon: it starts the Spec
@@ -26,6 +28,9 @@ func TestMain(m *testing.M) {
 	}
 	if js := os.Getenv(spawnerEnv); js != "" {
 		runSpawner(js)
+	}
+	if os.Getenv(fdProbeEnv) != "" {
+		runFdProbe()
 	}
 	if err := Init(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -54,6 +59,31 @@ func runSpawner(js string) {
 	}
 	fmt.Println(p.Pid, p.StartTime)
 	select {}
+}
+
+// fdProbeEnv makes the test binary print the fds it inherited (see fdProbe).
+const fdProbeEnv = "PROCMGR_TEST_FDPROBE"
+
+func runFdProbe() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		os.Exit(1)
+	}
+	out := map[int]string{}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue // closed meanwhile (the directory), or the runtime's
+		}
+		out[fd], _ = os.Readlink("/proc/self/fd/" + e.Name())
+	}
+	data, _ := json.Marshal(out)
+	os.Stdout.Write(data)
+	os.Exit(0)
 }
 
 const qemuBin = "/usr/bin/qemu-system-x86_64"
@@ -199,9 +229,17 @@ func statusField(t testing.TB, pid int, name string) string {
 	return ""
 }
 
-// children lists the pids whose parent is the test process.
+// children lists the pids whose parent is the test process, except the
+// spare exec helper (once any pending refill has finished).
 func children(t testing.TB) map[int]bool {
 	t.Helper()
+	flushSpares()
+	spares.mu.Lock()
+	spare := 0
+	if spares.spare != nil {
+		spare = spares.spare.pid
+	}
+	spares.mu.Unlock()
 	out := map[int]bool{}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -212,7 +250,7 @@ func children(t testing.TB) map[int]bool {
 		if err != nil {
 			continue
 		}
-		if st, err := readStat(pid); err == nil && st.PPid == os.Getpid() {
+		if st, err := readStat(pid); err == nil && st.PPid == os.Getpid() && pid != spare {
 			out[pid] = true
 		}
 	}

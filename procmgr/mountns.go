@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The helper builds QEMU's private /dev in a mount namespace it was cloned
-// into (CLONE_NEWNS), so nothing here is visible to the host:
+// The helper builds QEMU's private /dev in a mount namespace of its own
+// thread (unshare(CLONE_NEWNS) on the locked OS thread that later execs),
+// so nothing here is visible to the host:
 //
 //  1. make every mount private, so that nothing propagates either way;
 //  2. detach qemufs's own FUSE mounts from the copy: a QEMU holding a copy
@@ -44,13 +45,18 @@ type devNode struct {
 	link     string // symlink target, for symlinks
 }
 
-// setupMountNS prepares the private /dev of ns. The caller is already in
-// a mount namespace of its own.
-func setupMountNS(ns *MountNamespace) error {
+// enterMountNS moves the calling thread, which must be locked to its
+// goroutine, into a new mount namespace and prepares the private /dev of
+// ns there. Paths under /proc/self would show the main thread's view, so
+// it reads /proc/thread-self.
+func enterMountNS(ns *MountNamespace) error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("mount namespace: unshare: %w", err)
+	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("mount namespace: make / private: %w", err)
 	}
-	mounts, err := readMountInfo("/proc/self/mountinfo")
+	mounts, err := readMountInfo("/proc/thread-self/mountinfo")
 	if err != nil {
 		return fmt.Errorf("mount namespace: %w", err)
 	}

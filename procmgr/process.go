@@ -17,6 +17,7 @@ package procmgr
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -275,8 +276,11 @@ func Start(ctx context.Context, spec Spec) (*Process, error) {
 // needsHelper tells whether spec needs steps that only the exec helper can
 // do between fork and exec.
 func needsHelper(spec *Spec) bool {
-	return spec.MountNS != nil || len(spec.CgroupProcs) > 0 || spec.Label != nil
+	return forceHelper || spec.MountNS != nil || len(spec.CgroupProcs) > 0 || spec.Label != nil
 }
+
+// forceHelper makes every Start use the exec helper (for benchmarks).
+var forceHelper bool
 
 // spawn is the state of one Start.
 type spawn struct {
@@ -413,51 +417,20 @@ func (s *spawn) execDirect() error {
 	return nil
 }
 
-// execHelper starts /proc/self/exe as the exec helper with the ExtraFiles
-// at 3.., the spec pipe and the error pipe after them. It returns when the
-// helper's exec closed the error pipe, or with the error the helper sent.
+// execHelper hands the spec and the process's files to an exec helper
+// (the spare, see Init) over its control socket. It returns when the
+// helper's exec closed the socket, or with the error the helper sent.
 func (s *spawn) execHelper() error {
 	sp := s.spec
-	var specP, errP [2]int
-	if err := unix.Pipe2(specP[:], unix.O_CLOEXEC); err != nil {
-		return fmt.Errorf("exec helper: %w", err)
-	}
-	if err := unix.Pipe2(errP[:], unix.O_CLOEXEC); err != nil {
-		unix.Close(specP[0])
-		unix.Close(specP[1])
-		return fmt.Errorf("exec helper: %w", err)
-	}
-	specW := pipeEnd(specP[1], "spec")
-	errR := pipeEnd(errP[0], "errors")
-	defer specW.Close()
-	defer errR.Close()
-
-	pidfd := -1
-	sys := &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
-	if sp.MountNS != nil {
-		sys.Cloneflags = unix.CLONE_NEWNS
-	}
 	n := len(sp.ExtraFiles)
-	attr := &syscall.ProcAttr{
-		Env:   s.env(),
-		Files: s.files(uintptr(specP[0]), uintptr(errP[1])),
-		Sys:   sys,
-	}
-	pid, err := syscall.ForkExec("/proc/self/exe", []string{HelperArg, HelperArg, strconv.Itoa(n)}, attr)
-	unix.Close(specP[0])
-	unix.Close(errP[1])
+	h, err := takeHelper(n)
 	if err != nil {
-		return fmt.Errorf("exec helper: %w", err)
+		return err
 	}
-	s.pid, s.pidfd = pid, pidfd
-	if pidfd < 0 {
-		return fmt.Errorf("exec helper: the kernel gave no pidfd")
-	}
-
-	stop := context.AfterFunc(s.ctx, func() {
-		specW.SetDeadline(time.Unix(1, 0))
-		errR.SetDeadline(time.Unix(1, 0))
-	})
+	s.pid, s.pidfd = h.pid, h.pidfd
+	ctrl := pipeEnd(h.ctrl, "helper-ctrl")
+	defer ctrl.Close()
+	stop := context.AfterFunc(s.ctx, func() { ctrl.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	req := helperRequest{Spec: *sp, Files: n}
@@ -466,21 +439,37 @@ func (s *spawn) execHelper() error {
 	if err != nil {
 		return fmt.Errorf("exec helper: encode spec: %w", err)
 	}
-	_, werr := specW.Write(data)
-	specW.Close()
-	reply, rerr := io.ReadAll(errR)
+	fds := []int{s.null, s.log}
+	for _, f := range sp.ExtraFiles {
+		fds = append(fds, int(f.Fd()))
+	}
+	msg := make([]byte, 8, 8+len(data))
+	binary.LittleEndian.PutUint32(msg[:4], uint32(len(data)))
+	binary.LittleEndian.PutUint32(msg[4:], uint32(len(fds)))
+	msg = append(msg, data...)
+	if err := sendWithFiles(ctrl, msg, fds); err != nil {
+		if cerr := s.ctx.Err(); cerr != nil {
+			return cerr
+		}
+		return fmt.Errorf("exec helper: send spec: %w", err)
+	}
+
+	reply, rerr := io.ReadAll(ctrl)
 	if err := s.ctx.Err(); err != nil {
 		return err
 	}
 	if rerr != nil {
 		return fmt.Errorf("exec helper: read result: %w", rerr)
 	}
-	if len(reply) == 0 {
-		if werr != nil {
-			// The helper died before reading its spec.
-			return fmt.Errorf("exec helper: send spec: %w", werr)
+	if !h.ready {
+		// A helper started for this Start said it was ready meanwhile.
+		if len(reply) == 0 || reply[0] != helperReady {
+			return fmt.Errorf("exec helper: exited before it was ready")
 		}
-		return nil // exec closed the pipe
+		reply = reply[1:]
+	}
+	if len(reply) == 0 {
+		return nil // exec closed the socket
 	}
 	var f helperFailure
 	if err := json.Unmarshal(reply, &f); err != nil {
@@ -489,7 +478,36 @@ func (s *spawn) execHelper() error {
 	return &HelperError{Step: f.Step, Msg: f.Msg, Errno: syscall.Errno(f.Errno)}
 }
 
-// pipeEnd wraps a pipe fd for the runtime poller, so deadlines work.
+// sendWithFiles writes msg to the socket c, the files fds attached to its
+// first bytes (SCM_RIGHTS).
+func sendWithFiles(c *os.File, msg []byte, fds []int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	rights := unix.UnixRights(fds...)
+	var sent int
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		sent, serr = unix.SendmsgN(int(fd), msg, rights, nil, unix.MSG_NOSIGNAL)
+		return !errors.Is(serr, unix.EAGAIN)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return err
+	}
+	if sent < len(msg) {
+		// Not after a complete send: the helper may have exec'ed already,
+		// and even an empty write to its closed end fails with EPIPE.
+		_, err = c.Write(msg[sent:])
+	}
+	return err
+}
+
+// pipeEnd wraps a socket or pipe fd for the runtime poller, so deadlines
+// work.
 func pipeEnd(fd int, name string) *os.File {
 	_ = unix.SetNonblock(fd, true)
 	return os.NewFile(uintptr(fd), name)

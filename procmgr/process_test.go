@@ -390,3 +390,52 @@ func statusOrEmpty(pid int) string {
 	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	return string(data)
 }
+
+// fdProbe returns a Spec that runs this test binary as a probe: it prints
+// (as JSON, to its log) the fds it was started with, recognised as those
+// without close-on-exec (the Go runtime's own have it), and exits.
+func fdProbe(t *testing.T, extra []*os.File) Spec {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Spec{Path: exe, Env: []string{fdProbeEnv + "=1"}, LogPath: filepath.Join(t.TempDir(), "log"), ExtraFiles: extra}
+}
+
+// probedFds runs spec (an fdProbe) to its end and returns what it printed.
+func probedFds(t *testing.T, spec Spec) map[int]string {
+	t.Helper()
+	p := startT(t, spec)
+	waitDone(t, p)
+	data, err := os.ReadFile(spec.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[int]string
+	if err := json.Unmarshal(data, &got); err != nil || p.Exit().Code != 0 {
+		t.Fatalf("probe: %v, %v: %s", p.Exit(), err, data)
+	}
+	return got
+}
+
+// TestFileDescriptors: the process has exactly stdin (/dev/null), the log
+// on stdout and stderr, and its ExtraFiles; nothing of the daemon leaks.
+func TestFileDescriptors(t *testing.T) {
+	for _, path := range paths {
+		t.Run(path.name, func(t *testing.T) {
+			extra, err := os.Create(filepath.Join(t.TempDir(), "extra"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer extra.Close()
+			spec := fdProbe(t, []*os.File{extra})
+			path.set(&spec)
+			got := probedFds(t, spec)
+			want := map[int]string{0: "/dev/null", 1: spec.LogPath, 2: spec.LogPath, 3: extra.Name()}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("fds:\n- want: %v\n-  got: %v", want, got)
+			}
+		})
+	}
+}
