@@ -1,6 +1,8 @@
 package procmgr
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,9 +12,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/qemufs/qemufs/tests/guest"
 	"golang.org/x/sys/unix"
 )
 
@@ -483,5 +487,92 @@ func TestManyExtraFiles(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("fds:\n- want: %v\n-  got: %v", want, got)
+	}
+}
+
+// TestGuestConsoleThroughNamespace boots the test guest in a private mount
+// namespace with its serial port on a pty: the daemon side opens the pty
+// slave QEMU reports, sees the guest's ready line and uses its shell.
+func TestGuestConsoleThroughNamespace(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	g, err := guest.Build(ctx, os.Getenv("QEMUFS_GUEST_DIR"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, sock := qemuSpec(t)
+	spec.Args = append([]string{"-machine", "pc", "-m", "128", "-nodefaults", "-display", "none",
+		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off", "-mon", "chardev=qmp,mode=control",
+		"-chardev", "pty,id=s0", "-serial", "chardev:s0"}, g.Args(guest.ActionNone)...)
+	// As root: the guest's files live in root's cache directory.
+	spec.MountNS = &MountNamespace{Devices: []string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/kvm"}}
+	p := startT(t, spec)
+	q := dialQMP(t, sock)
+	var chardevs []struct {
+		Label    string `json:"label"`
+		Filename string `json:"filename"`
+	}
+	q.run(t, "query-chardev", &chardevs)
+	var pty string
+	for _, c := range chardevs {
+		if c.Label == "s0" && strings.HasPrefix(c.Filename, "pty:") {
+			pty = strings.TrimPrefix(c.Filename, "pty:")
+		}
+	}
+	console, err := os.OpenFile(pty, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("open the guest's pty %q from the host: %v", pty, err)
+	}
+	defer console.Close()
+	// Raw mode: no echo or line editing on our side of the pty.
+	tio, err := unix.IoctlGetTermios(int(console.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tio.Lflag &^= unix.ECHO | unix.ICANON
+	tio.Oflag &^= unix.OPOST
+	if err := unix.IoctlSetTermios(int(console.Fd()), unix.TCSETS, tio); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 256)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(console)
+		for sc.Scan() {
+			lines <- strings.TrimRight(sc.Text(), "\r")
+		}
+	}()
+	wait := func(want string) {
+		t.Helper()
+		deadline := time.After(2 * time.Minute)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("console closed before %q", want)
+				}
+				if strings.TrimSpace(l) == want {
+					return
+				}
+			case <-p.Done():
+				t.Fatalf("QEMU ended (%v) before %q", p.Exit(), want)
+			case <-deadline:
+				t.Fatalf("no %q on the console", want)
+			}
+		}
+	}
+	t0 := time.Now()
+	wait(guest.ReadyLine)
+	t.Logf("ready line after %v", time.Since(t0).Round(time.Millisecond))
+	if _, err := console.WriteString("echo $((6*7))\n"); err != nil {
+		t.Fatal(err)
+	}
+	wait("42")
+	t.Logf("shell answered after %v", time.Since(t0).Round(time.Millisecond))
+	q.run(t, "system_powerdown", nil)
+	waitDone(t, p)
+	t.Logf("powered off after %v", time.Since(t0).Round(time.Millisecond))
+	if e := p.Exit(); e.Code != 0 {
+		t.Errorf("QEMU after the guest powered off: %v", e)
 	}
 }

@@ -11,7 +11,12 @@
 // never signalled.
 //
 // A Spec that needs a mount namespace, cgroups or an exec label is started
-// through the exec helper (see HelperArg); a plain Spec is exec'ed directly.
+// through the exec helper (see HelperArg); a plain Spec (at most a
+// Credential) is exec'ed directly. The daemon calls Init once at start-up.
+//
+// Start-up is a list of named steps ("spawn.Validate", "spawn.Helper",
+// "helper.MountNS", ...); Spec.Logf sees the daemon's, and an error names
+// the step that failed.
 package procmgr
 
 import (
@@ -257,7 +262,8 @@ func (p *Process) waitExited() {
 
 // Start starts the process spec describes and returns once it runs the
 // emulator (or failed to). The process outlives the daemon. ctx bounds the
-// start only. Errors read "start NAME: ...", naming the step that failed.
+// start only. Errors read "start NAME: what failed: ..."; a failure in the
+// exec helper is a *HelperError naming its step.
 func Start(ctx context.Context, spec Spec) (*Process, error) {
 	s := &spawn{ctx: ctx, spec: &spec, null: -1, log: -1}
 	err := s.steps().run(s, spec.Logf)
@@ -346,13 +352,13 @@ func (s *spawn) openFiles() error {
 	return nil
 }
 
-// files is the child's fd table: stdin, stdout, stderr, ExtraFiles, more.
-func (s *spawn) files(more ...uintptr) []uintptr {
+// files is the child's fd table: stdin, stdout, stderr, ExtraFiles.
+func (s *spawn) files() []uintptr {
 	fds := []uintptr{uintptr(s.null), uintptr(s.log), uintptr(s.log)}
 	for _, f := range s.spec.ExtraFiles {
 		fds = append(fds, f.Fd())
 	}
-	return append(fds, more...)
+	return fds
 }
 
 func (s *spawn) closeFiles() {
@@ -506,8 +512,7 @@ func sendWithFiles(c *os.File, msg []byte, fds []int) error {
 	return err
 }
 
-// pipeEnd wraps a socket or pipe fd for the runtime poller, so deadlines
-// work.
+// pipeEnd wraps a socket fd for the runtime poller, so deadlines work.
 func pipeEnd(fd int, name string) *os.File {
 	_ = unix.SetNonblock(fd, true)
 	return os.NewFile(uintptr(fd), name)

@@ -8,16 +8,20 @@ import "os"
 type Spec struct {
 	// Name identifies the process in errors and logs (the domain name).
 	Name string
-	// Path is the emulator binary; Args are its arguments (without argv[0]).
+	// Path is the emulator binary (absolute); Args are its arguments
+	// (without argv[0], which is Path).
 	Path string
 	Args []string
-	// Env is the complete environment of the process.
+	// Env is the complete environment of the process (nil: empty).
 	Env []string
-	// Dir is the working directory. It must never be on a qemufs mount.
+	// Dir is the working directory (absolute; entered as Credential). It
+	// must never be on a qemufs mount. Empty: the daemon's.
 	Dir string
-	// LogPath receives QEMU's stdout and stderr (opened in append mode).
+	// LogPath receives QEMU's stdout and stderr (opened in append mode,
+	// created 0600; empty: /dev/null). Stdin is always /dev/null.
 	LogPath string
-	// PidPath, when set, is written with the pid once the process runs.
+	// PidPath, when set, is written atomically with the pid ("PID\n") once
+	// the process runs; Process.Cleanup removes it.
 	PidPath string
 
 	// Credential, when non-nil, is the user the process runs as; set right
@@ -25,15 +29,17 @@ type Spec struct {
 	// capabilities; root keeps them.
 	Credential *Credential
 	// MountNS, when non-nil, runs the process in a private mount namespace
-	// with its own /dev.
+	// (all mounts private) with its own /dev; see MountNamespace.
 	MountNS *MountNamespace
-	// CgroupProcs are cgroup.procs files the process writes itself into
-	// before exec, so it never runs outside its cgroups.
+	// CgroupProcs are cgroup.procs files (v1 or v2) the process writes
+	// itself into before exec, so it never runs outside its cgroups.
 	CgroupProcs []string
-	// ExtraFiles are inherited as fds 3, 4, ... (as in os/exec).
+	// ExtraFiles are inherited as fds 3, 4, ... (as in os/exec). No other fd
+	// of the daemon is inherited (after Init).
 	ExtraFiles []*os.File `json:"-"`
-	// Label, when set, is applied to the exec'ed process by the security
-	// driver that owns it (SELinux exec context or AppArmor profile).
+	// Label, when set, is applied to the exec'ed process (SELinux exec
+	// context or AppArmor profile, through /proc/thread-self/attr); Start
+	// fails if the LSM refuses it.
 	Label *ExecLabel
 
 	// Logf, when set, is told each start-up step as it completes or fails
@@ -44,14 +50,21 @@ type Spec struct {
 // Credential is the identity QEMU runs as.
 type Credential struct {
 	UID, GID uint32
-	Groups   []uint32
+	Groups   []uint32 // supplementary groups; nil: none
 }
 
-// MountNamespace describes a private mount namespace for QEMU.
+// MountNamespace describes a private mount namespace for QEMU. Its /dev is
+// a fresh tmpfs holding the Devices, /dev/ptmx, the symlinks fd, stdin,
+// stdout and stderr, and the host's directory mounts below /dev (devpts,
+// /dev/shm, mqueue, hugetlbfs) bind-mounted: /dev/pts is the host's devpts
+// instance, so a pty QEMU allocates is the /dev/pts/N the daemon opens.
+// qemufs's own FUSE mounts are detached in the namespace.
 type MountNamespace struct {
 	// Devices are the device nodes recreated in the private /dev (for
-	// example /dev/null, /dev/kvm, a disk's /dev/loop0). Missing host nodes
-	// are skipped.
+	// example /dev/null, /dev/kvm, a disk's /dev/loop0), with the host's
+	// type, major/minor, mode and owner. Paths must be under /dev; host
+	// symlinks stay symlinks (and their targets are added); missing host
+	// nodes are skipped.
 	Devices []string
 }
 
