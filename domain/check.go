@@ -179,6 +179,7 @@ var topLevel = []string{"name", "uuid", "genid", "title", "description", "metada
 func (d *Domain) check() error {
 	c := &checker{}
 	r := d.root
+	checkMixed(c, r)
 	c.known(r, topLevel...)
 	c.once(r, "name", "uuid", "genid", "title", "description", "metadata", "maxMemory", "memory",
 		"currentMemory", "vcpu", "vcpus", "os", "features", "cpu", "clock", "on_poweroff",
@@ -202,6 +203,33 @@ func (d *Domain) check() error {
 	}
 	return nil
 }
+
+// checkMixed rejects text between child elements (mixed content), which
+// has no meaning in a domain definition; foreign metadata is left alone.
+func checkMixed(c *checker, e *etree.Element) {
+	if e.Space != "" || e.Tag == "metadata" {
+		return
+	}
+	container := len(e.ChildElements()) > 0 || containerTags[e.Tag] ||
+		(e.Parent() != nil && e.Parent().Tag == "devices" && e.Tag != "emulator")
+	if container {
+		for _, tok := range e.Child {
+			if cd, ok := tok.(*etree.CharData); ok && strings.TrimSpace(cd.Data) != "" {
+				c.fail(e, "unexpected text %q between elements", strings.TrimSpace(cd.Data))
+				return
+			}
+		}
+	}
+	for _, ch := range e.ChildElements() {
+		checkMixed(c, ch)
+	}
+}
+
+// containerTags hold elements, never text.
+var containerTags = map[string]bool{"domain": true, "devices": true, "os": true, "features": true,
+	"cpu": true, "clock": true, "pm": true, "memtune": true, "blkiotune": true, "cputune": true,
+	"numatune": true, "memoryBacking": true, "iothreadids": true, "sysinfo": true, "resource": true,
+	"source": true, "target": true, "driver": true, "address": true}
 
 // virtTypes lists the domain types libvirt knows; qemufs runs the ones
 // QEMU implements.

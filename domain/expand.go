@@ -890,6 +890,9 @@ func (x *expander) driveAddresses() error {
 		default:
 			continue
 		}
+		if ctl > 255 {
+			return errAt(t, "target dev %q would need %s controller %d; at most 256 controllers are possible", attr(t, "dev"), bus, ctl)
+		}
 		a := subInsert(disk, "address")
 		setAttr(a, "type", "drive")
 		setAttr(a, "controller", strconv.Itoa(ctl))
