@@ -364,8 +364,14 @@ func TestLiveView(t *testing.T) {
 	if err := live.SetChardevPath("nope", "/dev/pts/8"); err == nil {
 		t.Error("SetChardevPath accepted an unknown alias")
 	}
-	if err := live.SetGraphicsPort(0, 5901, -1); err != nil {
+	if err := live.SetGraphicsPort("vnc", 5901); err != nil {
 		t.Fatal(err)
+	}
+	if err := live.SetGraphicsListen("vnc", "0.0.0.0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.SetGraphicsPort("spice", 5902); err == nil {
+		t.Error("SetGraphicsPort accepted a display type the domain lacks")
 	}
 	live.SetSecLabels([]SecLabel{{Type: "dynamic", Model: "selinux", Relabel: true, Label: "system_u:system_r:svirt_t:s0:c1,c2"},
 		{Type: "none", Model: "dac"}})
@@ -382,7 +388,7 @@ func TestLiveView(t *testing.T) {
 	if got := re.Serials(); len(got) != 1 || got[0].Path != "/dev/pts/7" || got[0].Alias != "serial0" {
 		t.Errorf("Serials() = %+v", got)
 	}
-	if g := re.Graphics(); g[0].Port != 5901 || !g[0].AutoPort {
+	if g := re.Graphics(); g[0].Port != 5901 || !g[0].AutoPort || g[0].Listen != "0.0.0.0" {
 		t.Errorf("Graphics() = %+v", g)
 	}
 	if s := re.SecLabels(); len(s) != 2 || s[0].Label != "system_u:system_r:svirt_t:s0:c1,c2" || s[1].Model != "dac" || s[1].Relabel {

@@ -336,32 +336,41 @@ type HostPath struct {
 
 // ---- live mutators ----
 
-// SetGraphicsPort records the ports actually used by graphics device i
-// (0-based) of the running domain: port, and tlsPort (SPICE) when >= 0.
-func (d *Domain) SetGraphicsPort(i, port, tlsPort int) error {
-	gs := children(child(d.root, "devices"), "graphics")
-	if i < 0 || i >= len(gs) {
-		return fmt.Errorf("no graphics device %d", i)
-	}
-	setAttr(gs[i], "port", strconv.Itoa(port))
-	if tlsPort >= 0 && attr(gs[i], "type") == "spice" {
-		setAttr(gs[i], "tlsPort", strconv.Itoa(tlsPort))
-	}
-	return nil
+// SetGraphicsPort records the port the first graphics device of type typ
+// ("vnc", "spice") actually uses in the running domain (after autoport).
+func (d *Domain) SetGraphicsPort(typ string, port int) error {
+	return d.setGraphicsAttr(typ, "port", port)
 }
 
-// SetGraphicsListen records the listen address graphics device i uses.
-func (d *Domain) SetGraphicsListen(i int, addr string) error {
-	gs := children(child(d.root, "devices"), "graphics")
-	if i < 0 || i >= len(gs) {
-		return fmt.Errorf("no graphics device %d", i)
+// SetGraphicsTLSPort records the TLS port a SPICE display uses.
+func (d *Domain) SetGraphicsTLSPort(typ string, port int) error {
+	return d.setGraphicsAttr(typ, "tlsPort", port)
+}
+
+func (d *Domain) setGraphicsAttr(typ, key string, port int) error {
+	for _, g := range children(child(d.root, "devices"), "graphics") {
+		if attr(g, "type") == typ {
+			setAttr(g, key, strconv.Itoa(port))
+			return nil
+		}
 	}
-	g := gs[i]
-	if ls := children(g, "listen"); len(ls) > 0 && attr(ls[0], "type") == "address" {
-		setAttr(ls[0], "address", addr)
+	return fmt.Errorf("no %s graphics device", typ)
+}
+
+// SetGraphicsListen records the listen address the first graphics device
+// of type typ uses.
+func (d *Domain) SetGraphicsListen(typ, addr string) error {
+	for _, g := range children(child(d.root, "devices"), "graphics") {
+		if attr(g, "type") != typ {
+			continue
+		}
 		setAttr(g, "listen", addr)
+		if ls := children(g, "listen"); len(ls) > 0 && attr(ls[0], "type") == "address" {
+			setAttr(ls[0], "address", addr)
+		}
+		return nil
 	}
-	return nil
+	return fmt.Errorf("no %s graphics device", typ)
 }
 
 // SetChardevPath sets the source path of the character device with the
