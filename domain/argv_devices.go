@@ -199,18 +199,6 @@ func (b *builder) controllers() error {
 			return unsupportedAt(c, "a floppy controller needs a PC machine")
 		}
 	}
-	// I/O threads.
-	n := int(mustUint(trimText(child(b.d.root, "iothreads"))))
-	ids := children(child(b.d.root, "iothreadids"), "iothread")
-	if len(ids) > 0 {
-		for _, t := range ids {
-			b.object(obj("qom-type", "iothread", "id", "iothread"+attr(t, "id")))
-		}
-	} else {
-		for i := 1; i <= n; i++ {
-			b.object(obj("qom-type", "iothread", "id", "iothread"+strconv.Itoa(i)))
-		}
-	}
 	return nil
 }
 

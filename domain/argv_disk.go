@@ -371,6 +371,9 @@ func (b *builder) disk(disk *etree.Element) error {
 			b.add("-blockdev", f.String())
 		}
 		drive = nodes[0].format
+		if io := child(disk, "iotune"); io != nil && len(io.ChildElements()) > 0 {
+			drive = b.throttle(disk, io, drive)
+		}
 		if attr(dr, "copy_on_read") == "on" {
 			cor := "libvirt-CoR-" + alias(disk)
 			b.add("-blockdev", obj("driver", "copy-on-read", "node-name", cor, "file", drive, "discard", "unmap").String())
@@ -385,6 +388,49 @@ func (b *builder) disk(disk *etree.Element) error {
 		b.device(o)
 	}
 	return nil
+}
+
+// iotuneLimits maps <iotune> children to QEMU's ThrottleLimits keys.
+var iotuneLimits = [][2]string{
+	{"total_bytes_sec", "bps-total"}, {"read_bytes_sec", "bps-read"}, {"write_bytes_sec", "bps-write"},
+	{"total_iops_sec", "iops-total"}, {"read_iops_sec", "iops-read"}, {"write_iops_sec", "iops-write"},
+	{"total_bytes_sec_max", "bps-total-max"}, {"read_bytes_sec_max", "bps-read-max"},
+	{"write_bytes_sec_max", "bps-write-max"}, {"total_iops_sec_max", "iops-total-max"},
+	{"read_iops_sec_max", "iops-read-max"}, {"write_iops_sec_max", "iops-write-max"},
+	{"total_bytes_sec_max_length", "bps-total-max-length"}, {"read_bytes_sec_max_length", "bps-read-max-length"},
+	{"write_bytes_sec_max_length", "bps-write-max-length"}, {"total_iops_sec_max_length", "iops-total-max-length"},
+	{"read_iops_sec_max_length", "iops-read-max-length"}, {"write_iops_sec_max_length", "iops-write-max-length"},
+	{"size_iops_sec", "iops-size"},
+}
+
+// throttle puts a disk's <iotune> limits on the command line: a
+// throttle-group object (shared by disks with the same group_name) and a
+// throttle filter node over the format node. It returns the node the
+// device uses.
+func (b *builder) throttle(disk, io *etree.Element, format string) string {
+	group := trimText(child(io, "group_name"))
+	id := "throttle-" + alias(disk)
+	if group != "" {
+		id = "throttle-group-" + group
+	}
+	if b.throttleGroups == nil {
+		b.throttleGroups = map[string]bool{}
+	}
+	if !b.throttleGroups[id] {
+		b.throttleGroups[id] = true
+		limits := jobj{}
+		for _, m := range iotuneLimits {
+			if v := trimText(child(io, m[0])); v != "" {
+				if n, err := parseUint(v); err == nil && n > 0 {
+					limits.add(m[1], n)
+				}
+			}
+		}
+		b.object(obj("qom-type", "throttle-group", "id", id, "limits", limits))
+	}
+	node := "libvirt-" + strings.TrimSuffix(strings.TrimPrefix(format, "libvirt-"), "-format") + "-throttle"
+	b.add("-blockdev", obj("driver", "throttle", "node-name", node, "throttle-group", id, "file", format).String())
+	return node
 }
 
 // diskDevice builds the frontend -device of a disk.

@@ -449,6 +449,18 @@ func (b *builder) smp() error {
 	}
 	s += ",cores=" + strconv.Itoa(cores) + ",threads=" + strconv.Itoa(threads)
 	b.add("-smp", s)
+	// I/O threads.
+	n := int(mustUint(trimText(child(b.d.root, "iothreads"))))
+	ids := children(child(b.d.root, "iothreadids"), "iothread")
+	if len(ids) > 0 {
+		for _, t := range ids {
+			b.object(obj("qom-type", "iothread", "id", "iothread"+attr(t, "id")))
+		}
+	} else {
+		for i := 1; i <= n; i++ {
+			b.object(obj("qom-type", "iothread", "id", "iothread"+strconv.Itoa(i)))
+		}
+	}
 	return nil
 }
 

@@ -345,6 +345,16 @@ func checkDisk(c *checker, e *etree.Element) {
 			c.fail(e, "a disk of type 'nvme' requires <source type='pci'>")
 		}
 	}
+	if io := child(e, "iotune"); io != nil {
+		for _, l := range io.ChildElements() {
+			if l.Tag == "group_name" {
+				continue
+			}
+			if _, err := parseUint(l.Text()); err != nil {
+				c.fail(l, "%q is not an unsigned integer", strings.TrimSpace(l.Text()))
+			}
+		}
+	}
 	if s := child(e, "serial"); s != nil {
 		v := s.Text()
 		for _, r := range v {

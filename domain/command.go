@@ -226,6 +226,8 @@ type builder struct {
 	bootIndex map[*etree.Element]int
 	// fdcBoot holds the floppy boot indexes (unit -> index).
 	fdcBoot map[int]int
+	// throttleGroups are the throttle-group objects already added.
+	throttleGroups map[string]bool
 }
 
 func (b *builder) add(args ...string) { b.args = append(b.args, args...) }

@@ -224,3 +224,79 @@ func TestRealQEMUToolXML(t *testing.T) {
 		})
 	}
 }
+
+// TestRealQEMUGolden starts every golden definition for real, with its
+// host paths (disk images, directories, chardev files) made in a temp dir.
+func TestRealQEMUGolden(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	files, _ := filepath.Glob("testdata/argv/*.xml")
+	for _, f := range files {
+		if strings.HasSuffix(f, ".expanded.xml") {
+			continue
+		}
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, _ := os.ReadFile(f)
+			d, err := Parse(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Kernel() != "" {
+				t.Skip("needs a kernel image (covered by the corpus test's fake kernel)")
+			}
+			if _, err := os.Stat("/dev/kvm"); err != nil && d.Type() == "kvm" {
+				d.root.CreateAttr("type", "qemu") // no KVM here: TCG
+			}
+			dir := t.TempDir()
+			n := 0
+			local := func(p string) string {
+				n++
+				return filepath.Join(dir, fmt.Sprintf("%d%s", n, filepath.Ext(p)))
+			}
+			for _, e := range d.root.FindElements("//source") {
+				switch {
+				case attr(e, "file") != "":
+					format := attr(child(e.Parent(), "driver"), "type")
+					if fe := child(e.Parent(), "format"); fe != nil {
+						format = attr(fe, "type")
+					}
+					if format == "" {
+						format = "raw"
+					}
+					p := local(attr(e, "file"))
+					qemuImg(t, format, p, "16M")
+					e.CreateAttr("file", p)
+				case attr(e, "dev") != "" && e.Parent().Tag == "disk":
+					p := local("x.raw")
+					qemuImg(t, "raw", p, "16M")
+					e.RemoveAttr("dev")
+					e.CreateAttr("file", p)
+					e.Parent().CreateAttr("type", "file")
+				case attr(e, "dir") != "":
+					p := local("d")
+					if err := os.Mkdir(p, 0o755); err != nil {
+						t.Fatal(err)
+					}
+					e.CreateAttr("dir", p)
+				case attr(e, "path") != "":
+					e.CreateAttr("path", local(attr(e, "path")))
+				}
+			}
+			if err := Expand(d, nil); err != nil {
+				t.Fatal(err)
+			}
+			cmd, err := BuildCommand(d, CommandOptions{QMPFD: qemutest.QMPFD, DomainDir: dir,
+				VNCPort: freeVNCPort(t), SpicePort: freeVNCPort(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), qemutest.Timeout)
+			defer cancel()
+			res, err := qemutest.Run(ctx, dir, cmd.Path, cmd.Args, cmd.Env)
+			if err != nil || res.Status != "prelaunch" {
+				t.Fatalf("status %q: %v\nargv: %s", res.Status, err, cmd)
+			}
+		})
+	}
+}
