@@ -226,6 +226,8 @@ type nDisk struct {
 	serial   string
 	boot     int
 	used     bool
+	dir      bool        // a directory exported as a FAT disk (vvfat)
+	iotune   [][2]string // <iotune> children from a throttle group
 }
 
 type nNIC struct {
@@ -281,8 +283,10 @@ type native struct {
 	watchdog string
 	wdAction string
 	balloon  bool
-	rng      string            // rng backend: a path, or "builtin"
-	rngObjs  map[string]string // -object rng-* by id
+	rng      string                 // rng backend: a path, or "builtin"
+	rngObjs  map[string]string      // -object rng-* by id
+	throttle map[string][][2]string // throttle-group limits by id, as <iotune>
+	usbBots  map[string]bool        // usb-bot ids
 	keymap   string
 	extra    []string // kept verbatim in qemu:commandline
 }
@@ -414,6 +418,18 @@ func (n *native) option(opt, v string, hdIndex map[string]int, rngObjects map[st
 		switch k.get("driver") {
 		case "file", "host_device", "host_cdrom":
 			n.drives[node] = &nDisk{id: node, file: k.get("filename"), index: -1, readonly: k.get("read-only") == "on"}
+		case "vvfat":
+			n.drives[node] = &nDisk{id: node, file: k.get("dir"), dir: true, index: -1, readonly: k.get("rw") != "on"}
+		case "throttle", "copy-on-read":
+			// Filters over a format node: the disk is the node below.
+			if f := n.drives[k.get("file")]; f != nil {
+				d := *f
+				d.id = node
+				if g := k.get("throttle-group"); g != "" {
+					d.iotune = n.throttle[g]
+				}
+				n.drives[node] = &d
+			}
 		default:
 			// A format node on top of a protocol node.
 			if f := n.drives[k.get("file")]; f != nil {
@@ -498,6 +514,19 @@ func (n *native) option(opt, v string, hdIndex map[string]int, rngObjects map[st
 			rngObjects[k.get("id")] = k.get("filename")
 		case "rng-builtin":
 			rngObjects[k.get("id")] = "builtin"
+		case "throttle-group":
+			if n.throttle == nil {
+				n.throttle = map[string][][2]string{}
+			}
+			var lim [][2]string
+			for _, m := range iotuneLimits {
+				if v := k.get("limits." + m[1]); v != "" {
+					lim = append(lim, [2]string{m[0], v})
+				} else if v := k.get("x-" + m[1]); v != "" {
+					lim = append(lim, [2]string{m[0], v})
+				}
+			}
+			n.throttle[k.get("id")] = lim
 		case "memory-backend-ram", "secret", "iothread":
 			// libvirt's own boilerplate: nothing to keep
 		default:
@@ -619,10 +648,22 @@ func (n *native) device(k kv, raw string) error {
 		} else {
 			attach("ide", dev)
 		}
-	case "scsi-hd", "scsi-disk":
-		attach("scsi", "disk")
-	case "scsi-cd":
-		attach("scsi", "cdrom")
+	case "scsi-hd", "scsi-disk", "scsi-cd":
+		dev := "disk"
+		if drv == "scsi-cd" {
+			dev = "cdrom"
+		}
+		// A SCSI drive behind a usb-bot bridge is a USB disk.
+		if n.usbBots[strings.TrimSuffix(k.get("bus"), ".0")] {
+			attach("usb", dev)
+		} else {
+			attach("scsi", dev)
+		}
+	case "usb-bot":
+		if n.usbBots == nil {
+			n.usbBots = map[string]bool{}
+		}
+		n.usbBots[k.get("id")] = true
 	case "usb-storage":
 		attach("usb", "disk")
 	case "floppy":
@@ -1015,13 +1056,19 @@ func (n *native) buildDisks(devs *etree.Element) error {
 		if strings.HasPrefix(d.file, "/dev/") {
 			typ = "block"
 		}
+		if d.dir {
+			typ = "dir"
+		}
 		e.CreateAttr("type", typ)
 		e.CreateAttr("device", d.device)
 		dr := e.CreateElement("driver")
 		dr.CreateAttr("name", "qemu")
 		format := d.format
-		if format == "" {
+		if format == "" || d.dir {
 			format = "raw"
+		}
+		if d.dir {
+			format = "fat"
 		}
 		dr.CreateAttr("type", format)
 		if d.cache != "" {
@@ -1029,15 +1076,24 @@ func (n *native) buildDisks(devs *etree.Element) error {
 		}
 		if d.file != "" {
 			src := e.CreateElement("source")
-			if typ == "block" {
+			switch typ {
+			case "block":
 				src.CreateAttr("dev", d.file)
-			} else {
+			case "dir":
+				src.CreateAttr("dir", d.file)
+			default:
 				src.CreateAttr("file", d.file)
 			}
 		}
 		t := e.CreateElement("target")
 		t.CreateAttr("dev", target)
 		t.CreateAttr("bus", d.bus)
+		if len(d.iotune) > 0 {
+			io := e.CreateElement("iotune")
+			for _, l := range d.iotune {
+				io.CreateElement(l[0]).SetText(l[1])
+			}
+		}
 		if d.boot > 0 {
 			e.CreateElement("boot").CreateAttr("order", strconv.Itoa(d.boot))
 		}
