@@ -546,3 +546,43 @@ func TestTuning(t *testing.T) {
 		t.Errorf("vcpupin error: %v", err)
 	}
 }
+
+// TestCheckHost checks the start-time host checks against this host (no
+// /dev/kvm, no such PCI device, no hugetlbfs mount are facts here; each
+// case is skipped where the host does have the thing).
+func TestCheckHost(t *testing.T) {
+	cases := []struct {
+		name, xml, want, needsAbsent string
+	}{
+		{"kvm", strings.Replace(withDevices(""), "type='qemu'", "type='kvm'", 1),
+			"domain: domain type 'kvm' needs /dev/kvm, which this host does not have (use type='qemu')", "/dev/kvm"},
+		{"pci hostdev", withDevices(`<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev>`),
+			"devices/hostdev[1]: host PCI device 0000:7f:1f.7 does not exist", "/sys/bus/pci/devices/0000:7f:1f.7"},
+		{"serial dev", withDevices(`<serial type='dev'><source path='/dev/ttyNOPE9'/></serial>`),
+			"devices/serial[1]: host device /dev/ttyNOPE9 does not exist", "/dev/ttyNOPE9"},
+		{"ok", withDevices(`<serial type='pty'/>`), "", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.needsAbsent != "" {
+				if _, err := os.Stat(c.needsAbsent); err == nil {
+					t.Skipf("%s exists on this host", c.needsAbsent)
+				}
+			}
+			d, err := Parse([]byte(c.xml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = d.CheckHost()
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || err.Error() != c.want || !errors.Is(err, ErrUnsupported) {
+				t.Fatalf("CheckHost = %v, want %q", err, c.want)
+			}
+		})
+	}
+}
