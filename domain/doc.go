@@ -21,6 +21,19 @@
 //	stored := d.XML()                    // what config.xml returns
 //	cmd, err := domain.BuildCommand(d, domain.CommandOptions{...})
 //
+// Around it:
+//
+//	d.CheckHost()                        // at start: /dev/kvm, host devices, swtpm, ...
+//	d.Disks(), d.HostPaths(), d.NVRAMPath(libDir)   // what the security layer grants
+//	d.Tuning()                           // memtune/cputune/... for cgroups
+//	d.ImpliedTaints()                    // qemu: namespace use, for live.xml and the log
+//	live := d.Clone(); live.SetChardevPath(...); live.SetGraphicsPort(...);
+//	live.SetSecLabels(...); live.AddTaint(...)   // the live definition
+//	domain.FromNative(argv)              // QEMU argv -> definition
+//
+// BuildCommand's documentation says what the driver must do on QMP
+// events to honour on_poweroff, on_reboot and on_crash.
+//
 // Expansion is deterministic apart from the UUID, which is random when the
 // definition has none (as libvirt does); MAC addresses are derived from the
 // UUID and the interface's position, so expanding the same definition gives

@@ -28,6 +28,7 @@ type Error struct {
 	Err  error // wrapped cause, e.g. ErrUnsupported
 }
 
+// Error returns "path: message".
 func (e *Error) Error() string {
 	if e.Path == "" {
 		return e.Msg
