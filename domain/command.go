@@ -307,6 +307,9 @@ func BuildCommand(d *Domain, opts CommandOptions) (*Command, error) {
 	if err := x.expand(t); err != nil {
 		return nil, err
 	}
+	if err := x.ResolveFirmware(); err != nil {
+		return nil, err
+	}
 	if opts.LibDir == "" {
 		opts.LibDir = opts.DomainDir
 	}
