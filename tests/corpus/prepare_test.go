@@ -369,21 +369,9 @@ func (p *preparer) os(r *etree.Element) error {
 			src.CreateAttr("file", f)
 		} else if strings.TrimSpace(n.Text()) != "" {
 			n.SetText(f)
-		} else {
-			// The driver copies the template to LibDir/NAME_VARS.fd.
-			name := strings.TrimSpace(child(r, "name").Text())
-			if err := zeroFile(filepath.Join(p.dir, name+"_VARS.fd"), 128<<10); err != nil {
-				return err
-			}
 		}
 		if attr(n, "template") != "" {
 			n.CreateAttr("template", f)
-		}
-	} else if l := child(os_, "loader"); l != nil && attr(l, "readonly") == "yes" {
-		// BuildCommand puts the NVRAM in LibDir/NAME_VARS.fd.
-		name := strings.TrimSpace(child(r, "name").Text())
-		if err := zeroFile(filepath.Join(p.dir, name+"_VARS.fd"), 128<<10); err != nil {
-			return err
 		}
 	}
 	return nil
