@@ -53,7 +53,8 @@ type Instance struct {
 	// Name identifies the instance in cgroup names and messages:
 	// "system", "session-UID" or "embed-HASH".
 	Name string
-	// Root is the root directory of an embedded instance.
+	// Root is the root directory of an embedded instance, or the prefix
+	// of a relocated system instance (NewSystemUnder).
 	Root string
 	// ConfigFile is qemu.conf.
 	ConfigFile string
@@ -164,10 +165,20 @@ func NewEmbedded(root string) (*Instance, error) {
 
 // NewSystem returns the privileged system instance. Only root may serve it.
 func NewSystem() (*Instance, error) {
+	return NewSystemUnder("")
+}
+
+// NewSystemUnder returns the system instance with every path under prefix
+// ("" is /): the same instance relocated, for packaging and for tests that
+// need the privileged instance without touching the host's.
+func NewSystemUnder(prefix string) (*Instance, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the system instance needs root")
 	}
-	return &Instance{
+	if prefix != "" && !filepath.IsAbs(prefix) {
+		return nil, fmt.Errorf("system prefix %q is not an absolute path", prefix)
+	}
+	in := &Instance{
 		Kind:        System,
 		Name:        "system",
 		ConfigFile:  "/etc/qemufs/qemu.conf",
@@ -180,7 +191,15 @@ func NewSystem() (*Instance, error) {
 		SwtpmLibDir: "/var/lib/qemufs/swtpm",
 		SwtpmLogDir: "/var/log/qemufs/swtpm",
 		PKIDir:      "/etc/qemufs/pki/qemu",
-	}, nil
+	}
+	if prefix != "" {
+		in.Root = filepath.Clean(prefix)
+		for _, p := range []*string{&in.ConfigFile, &in.ConfigDir, &in.LibDir, &in.RunDir, &in.LogDir, &in.CacheDir,
+			&in.SwtpmRunDir, &in.SwtpmLibDir, &in.SwtpmLogDir, &in.PKIDir} {
+			*p = filepath.Join(in.Root, *p)
+		}
+	}
+	return in, nil
 }
 
 // String names the instance for messages, e.g. "embedded instance /srv/vm".
@@ -204,9 +223,41 @@ func (in *Instance) Create() error {
 	if in.Kind == System {
 		mode = 0o755
 	}
+	rootExisted := true
+	if in.Root != "" {
+		if _, err := os.Stat(in.Root); errors.Is(err, os.ErrNotExist) {
+			rootExisted = false
+		}
+	}
 	for _, d := range in.Dirs() {
 		if err := os.MkdirAll(d, mode); err != nil {
 			return fmt.Errorf("%s: %w", in, err)
+		}
+	}
+	if in.Kind == Session || in.Root == "" {
+		return nil
+	}
+	// A privileged instance's QEMU runs as another user and must reach
+	// the run, lib and cache directories (their last component is given
+	// to it): the directories qemufs made on the way get the search bit.
+	var ways []string
+	if !rootExisted {
+		ways = append(ways, in.Root)
+	}
+	for _, d := range []string{in.RunDir, in.LibDir, in.CacheDir, in.SwtpmRunDir, in.SwtpmLibDir} {
+		for p := filepath.Dir(d); strings.HasPrefix(p, in.Root+"/"); p = filepath.Dir(p) {
+			ways = append(ways, p)
+		}
+	}
+	for _, p := range ways {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("%s: %w", in, err)
+		}
+		if fi.Mode().Perm()&0o011 != 0o011 {
+			if err := os.Chmod(p, fi.Mode().Perm()|0o011); err != nil {
+				return fmt.Errorf("%s: %w", in, err)
+			}
 		}
 	}
 	return nil

@@ -1,0 +1,64 @@
+# qemufs: `make run` and `make test` do everything on a fresh Debian 12.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
+GO ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+BIN := bin/qemufs
+
+# make run: an embedded instance rooted here, mounted at ./mnt.
+RUN_ROOT ?= $(CURDIR)/.qemufs
+RUN_MNT ?= $(CURDIR)/mnt
+
+# Test timeouts are generous: the machine may be a loaded 2-core box.
+TEST_TIMEOUT ?= 30m
+
+.PHONY: all deps build run stop test unit e2e guest check bench clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/qemufs
+
+run: deps build
+	@mkdir -p $(RUN_MNT)
+	@if mountpoint -q $(RUN_MNT); then echo "already mounted at $(RUN_MNT)"; else \
+		$(BIN) mount --daemon --root $(RUN_ROOT) $(RUN_MNT); fi
+	@echo
+	@echo "qemufs is mounted at $(RUN_MNT) (state under $(RUN_ROOT))."
+	@echo "Try:"
+	@echo "  mkdir $(RUN_MNT)/demo"
+	@echo "  cat > $(RUN_MNT)/demo/config.xml <<'XML'"
+	@echo "  <domain type='qemu'><name>demo</name><memory unit='MiB'>128</memory>"
+	@echo "    <os><type arch='x86_64' machine='pc'>hvm</type></os>"
+	@echo "    <devices><serial type='pty'/></devices></domain>"
+	@echo "  XML"
+	@echo "  echo 'start --paused' > $(RUN_MNT)/demo/ctl && cat $(RUN_MNT)/demo/state"
+	@echo "  echo destroy > $(RUN_MNT)/demo/ctl"
+	@echo "Stop it with: make stop   (guests keep running; the next 'make run' re-attaches)"
+
+stop:
+	-$(BIN) unmount $(RUN_MNT)
+
+guest:
+	@tests/guest/build.sh >/dev/null
+
+check:
+	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above"; exit 1)
+	$(GO) vet ./...
+	staticcheck ./...
+	GOOS=darwin $(GO) vet ./capabilities/
+
+# Every test: unit tests, the corpus, and end-to-end tests through a real
+# mount booting the test guest. Packages run in parallel.
+test: deps build guest check
+	QEMUFS_BIN=$(CURDIR)/$(BIN) $(GO) test -timeout $(TEST_TIMEOUT) -p 2 ./...
+
+bench: deps build guest
+	$(GO) run ./bench -qemufs $(CURDIR)/$(BIN)
+
+clean:
+	rm -rf bin

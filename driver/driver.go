@@ -1,0 +1,432 @@
+// Package driver is the core of qemufs: one Driver per mounted instance owns
+// the domain table, runs lifecycle operations (define, start, shutdown,
+// destroy, ...) under a per-domain lock, supervises running guests and
+// publishes their events. It knows nothing of FUSE; package fsnode is a thin
+// view over it.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qemufs/qemufs/capabilities"
+	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/instance"
+	"github.com/qemufs/qemufs/security"
+	"github.com/qemufs/qemufs/stream"
+)
+
+// Options configure a Driver.
+type Options struct {
+	Instance *instance.Instance
+	Config   *instance.Config
+	// Caps are the probed capabilities; definitions are validated
+	// against them.
+	Caps *capabilities.Capabilities
+	// Security confines QEMU; nil runs it unconfined (as the invoking user).
+	Security *security.Stack
+	// Logger receives the daemon's own messages; nil discards them.
+	Logger *log.Logger
+	// Version is qemufs's version, written to each guest's log.
+	Version string
+}
+
+// Limits on stream history kept in memory per domain.
+const (
+	eventsHistory  = 64 << 10
+	consoleHistory = 256 << 10
+)
+
+// Driver manages the domains of one instance.
+type Driver struct {
+	opts  Options
+	inst  *instance.Instance
+	conf  *instance.Config
+	caps  *capabilities.Capabilities
+	sec   *security.Stack
+	logf  func(format string, args ...any)
+	ports *portAllocator
+
+	mu      sync.Mutex
+	doms    map[string]*dom
+	closing bool
+	wg      sync.WaitGroup // supervisors and background restarts
+}
+
+// dom is one domain: a slot made by mkdir, defined once config.xml is written.
+type dom struct {
+	name string
+	// op serialises lifecycle operations (ctl commands, define, undefine).
+	op sync.Mutex
+
+	// mu guards the fields below; it is held only briefly, so reads of
+	// state or XML never wait for a lifecycle operation.
+	mu        sync.Mutex
+	def       *domain.Domain // nil for an empty slot
+	defXML    []byte
+	autostart bool
+	state     State
+	reason    string
+	lastErr   string
+	run       *run // non-nil while QEMU runs
+	removed   bool
+
+	events *stream.Log // lifecycle events; lives across runs
+}
+
+// New returns a Driver for an instance: it loads the persistent definitions
+// and re-attaches to every guest a previous daemon left running. It does
+// not autostart anything; call Autostart.
+func New(opts Options) (*Driver, error) {
+	if opts.Instance == nil || opts.Config == nil {
+		return nil, errors.New("driver: Instance and Config are required")
+	}
+	d := &Driver{
+		opts: opts,
+		inst: opts.Instance,
+		conf: opts.Config,
+		caps: opts.Caps,
+		sec:  opts.Security,
+		doms: map[string]*dom{},
+	}
+	if d.caps == nil {
+		d.caps = &capabilities.Capabilities{}
+	}
+	d.logf = func(string, ...any) {}
+	if opts.Logger != nil {
+		d.logf = opts.Logger.Printf
+	}
+	d.ports = newPortAllocator(d.conf.RemoteDisplayPortMin, d.conf.RemoteDisplayPortMax)
+	if err := d.inst.Create(); err != nil {
+		return nil, err
+	}
+	if err := d.loadDefinitions(); err != nil {
+		return nil, err
+	}
+	d.reattachAll()
+	return d, nil
+}
+
+// MaxNameLen is the longest domain name: QEMU's sockets live in the run
+// directory and must fit the kernel's 108-byte limit.
+func (d *Driver) MaxNameLen() int {
+	n := instance.MaxSocketPath - len(d.inst.RunDir) - len("/.d/vnc.sock")
+	if n > 200 {
+		n = 200
+	}
+	return n
+}
+
+// checkName rejects names that cannot be a directory or a file name.
+func (d *Driver) checkName(name string) error {
+	switch {
+	case name == "":
+		return errorf(ErrInvalid, "empty domain name")
+	case name == "." || name == "..":
+		return errorf(ErrInvalid, "domain name %q is not allowed", name)
+	case strings.ContainsRune(name, '/'):
+		return errorf(ErrInvalid, "domain name %q contains '/'", name)
+	case strings.HasPrefix(name, "."):
+		return errorf(ErrInvalid, "domain name %q starts with '.'", name)
+	case strings.ContainsAny(name, "\x00\n"):
+		return errorf(ErrInvalid, "domain name %q contains a control character", name)
+	case len(name) > d.MaxNameLen():
+		return errorf(ErrInvalid, "domain name %q is %d bytes; this instance allows %d (UNIX socket paths under %s are limited to 108 bytes)",
+			name, len(name), d.MaxNameLen(), d.inst.RunDir)
+	}
+	return nil
+}
+
+func (d *Driver) defPath(name string) string {
+	return filepath.Join(d.inst.ConfigDir, name+".xml")
+}
+
+func (d *Driver) autostartPath(name string) string {
+	return filepath.Join(d.inst.ConfigDir, "autostart", name)
+}
+
+func (d *Driver) loadDefinitions() error {
+	entries, err := os.ReadDir(d.inst.ConfigDir)
+	if err != nil {
+		return fmt.Errorf("load definitions: %w", err)
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".xml")
+		if !ok || e.IsDir() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(d.inst.ConfigDir, e.Name()))
+		if err != nil {
+			d.logf("load %s: %v", name, err)
+			continue
+		}
+		def, err := domain.Parse(data)
+		if err != nil {
+			// Keep going: one bad file must not hide the other domains.
+			d.logf("load %s: %v (definition skipped)", name, err)
+			continue
+		}
+		dm := d.newDom(name)
+		dm.def, dm.defXML = def, def.XML()
+		dm.state, dm.reason = StateShutoff, ReasonUnknown
+		if _, err := os.Stat(d.autostartPath(name)); err == nil {
+			dm.autostart = true
+		}
+		d.doms[name] = dm
+	}
+	return nil
+}
+
+func (d *Driver) newDom(name string) *dom {
+	return &dom{name: name, events: stream.New(eventsHistory, true), state: StateUndefined}
+}
+
+// lookup returns the domain called name.
+func (d *Driver) lookup(name string) (*dom, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dm, ok := d.doms[name]
+	if !ok {
+		return nil, errorf(ErrNotFound, "domain %q not found", name)
+	}
+	return dm, nil
+}
+
+// Names lists the domains (defined and empty slots), sorted.
+func (d *Driver) Names() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	names := make([]string, 0, len(d.doms))
+	for n := range d.doms {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Exists reports whether a domain or slot called name exists.
+func (d *Driver) Exists(name string) bool {
+	_, err := d.lookup(name)
+	return err == nil
+}
+
+// Create makes an empty slot called name (mkdir).
+func (d *Driver) Create(name string) error {
+	if err := d.checkName(name); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.doms[name]; ok {
+		return errorf(ErrExist, "domain %q already exists", name)
+	}
+	d.doms[name] = d.newDom(name)
+	return nil
+}
+
+// Define validates xml in full and, only if it is good, makes it the
+// persistent definition of name, expanded for a stable guest ABI. An active
+// domain keeps running its old definition until its next start.
+func (d *Driver) Define(name string, xml []byte) (err error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	defer func() { dm.noteResult(err) }()
+
+	def, err := domain.Parse(xml)
+	if err != nil {
+		return errorf(ErrInvalid, "define %s: %w", name, err)
+	}
+	switch def.Name() {
+	case "":
+		def.SetName(name)
+	case name:
+	default:
+		return errorf(ErrInvalid, "define %s: <name>%s</name> does not match the directory name %q", name, def.Name(), name)
+	}
+	if err := def.Validate(d.caps); err != nil {
+		return errorf(ErrInvalid, "define %s: %w", name, err)
+	}
+	dm.mu.Lock()
+	old := dm.def
+	dm.mu.Unlock()
+	if old != nil && def.UUID() == "" {
+		def.SetUUID(old.UUID()) // a redefinition keeps the domain's identity
+	}
+	if err := domain.Expand(def, d.caps); err != nil {
+		return errorf(ErrInvalid, "define %s: %w", name, err)
+	}
+	if other := d.uuidOwner(def.UUID(), name); other != "" {
+		return errorf(ErrExist, "define %s: UUID %s is already used by domain %q", name, def.UUID(), other)
+	}
+	out := def.XML()
+	if err := writeFileAtomic(d.defPath(name), out, 0o600); err != nil {
+		return errorf(ErrIO, "define %s: %w", name, err)
+	}
+	dm.mu.Lock()
+	dm.def, dm.defXML = def, out
+	if dm.state == StateUndefined {
+		dm.state, dm.reason = StateShutoff, ReasonUnknown
+	}
+	dm.mu.Unlock()
+	detail := "added"
+	if old != nil {
+		detail = "updated"
+	}
+	dm.publish(EventDefined, detail)
+	return nil
+}
+
+func (d *Driver) uuidOwner(uuid, except string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for n, o := range d.doms {
+		if n == except {
+			continue
+		}
+		o.mu.Lock()
+		def := o.def
+		o.mu.Unlock()
+		if def != nil && strings.EqualFold(def.UUID(), uuid) {
+			return n
+		}
+	}
+	return ""
+}
+
+// Remove undefines name and removes its slot (rmdir). An active domain
+// cannot be removed.
+func (d *Driver) Remove(name string) (err error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	dm.mu.Lock()
+	active := dm.run != nil
+	defined := dm.def != nil
+	dm.mu.Unlock()
+	if active {
+		err = errorf(ErrBusy, "undefine %s: the domain is active; destroy or shut it down first", name)
+		dm.noteResult(err)
+		return err
+	}
+	if defined {
+		for _, p := range []string{d.defPath(name), d.autostartPath(name)} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				err = errorf(ErrIO, "undefine %s: %w", name, err)
+				dm.noteResult(err)
+				return err
+			}
+		}
+		syncDir(d.inst.ConfigDir)
+		dm.publish(EventUndefined, "removed")
+	}
+	dm.mu.Lock()
+	dm.removed = true
+	dm.mu.Unlock()
+	dm.events.Close()
+	d.mu.Lock()
+	delete(d.doms, name)
+	d.mu.Unlock()
+	return nil
+}
+
+// noteResult records the outcome of an operation as the domain's `error`:
+// the message of a failure, or nothing after a success.
+func (dm *dom) noteResult(err error) {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	if err != nil {
+		dm.lastErr = err.Error()
+	} else {
+		dm.lastErr = ""
+	}
+}
+
+// noteError records a failure that happened outside an operation (a crash).
+func (dm *dom) noteError(msg string) {
+	dm.mu.Lock()
+	dm.lastErr = msg
+	dm.mu.Unlock()
+}
+
+// Config returns the persistent definition, as expanded; empty for a slot.
+func (d *Driver) Config(name string) ([]byte, error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	return dm.defXML, nil
+}
+
+// LastError returns the domain's last failure, "" when none.
+func (d *Driver) LastError(name string) (string, error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return "", err
+	}
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	return dm.lastErr, nil
+}
+
+// RecordError stores msg as the domain's last failure; the filesystem uses
+// it for failures it detects itself (a bad ctl write, a partial XML).
+func (d *Driver) RecordError(name, msg string) {
+	if dm, err := d.lookup(name); err == nil {
+		dm.noteError(msg)
+	}
+}
+
+// Events returns a reader of the domain's lifecycle events that sees only
+// events from now on. It ends when the domain is undefined.
+func (d *Driver) Events(name string) (*stream.Reader, error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	return dm.events.Follow(), nil
+}
+
+// Close detaches from running guests (they keep running; the next daemon
+// re-attaches) and destroys those started with --autodestroy.
+func (d *Driver) Close() {
+	d.mu.Lock()
+	d.closing = true
+	doms := make([]*dom, 0, len(d.doms))
+	for _, dm := range d.doms {
+		doms = append(doms, dm)
+	}
+	d.mu.Unlock()
+	for _, dm := range doms {
+		dm.mu.Lock()
+		r := dm.run
+		dm.mu.Unlock()
+		if r == nil {
+			continue
+		}
+		if r.autodestroy {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			d.destroy(ctx, dm, ReasonDestroyed)
+			cancel()
+			continue
+		}
+		r.detach()
+	}
+	d.wg.Wait()
+}

@@ -1,0 +1,527 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp/raw"
+
+	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/monitor"
+	"github.com/qemufs/qemufs/procmgr"
+)
+
+// StartOptions modify Start.
+type StartOptions struct {
+	// Paused leaves the guest's CPUs stopped after start.
+	Paused bool
+	// Autodestroy destroys the guest when the mount ends.
+	Autodestroy bool
+}
+
+// Commands lists the ctl commands, for messages and docs.
+var Commands = []string{"start [--paused] [--autodestroy]", "shutdown [--timeout=N]", "destroy", "reboot", "reset", "suspend", "resume", "autostart on|off"}
+
+// Control runs one ctl command line, synchronously.
+func (d *Driver) Control(ctx context.Context, name, line string) (err error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	defer func() { dm.noteResult(err) }()
+	line = strings.TrimRight(line, "\r\n\t ")
+	if strings.ContainsAny(line, "\n") {
+		return errorf(ErrInvalid, "%s: one command per write, got %q", name, line)
+	}
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return errorf(ErrInvalid, "%s: empty command; commands: %s", name, strings.Join(Commands, ", "))
+	}
+	cmd, args := f[0], f[1:]
+	bad := func() error {
+		return errorf(ErrInvalid, "%s: bad arguments for %s: %q; usage: %s", name, cmd, strings.Join(args, " "), usage(cmd))
+	}
+	switch cmd {
+	case "start":
+		var o StartOptions
+		for _, a := range args {
+			switch a {
+			case "--paused":
+				o.Paused = true
+			case "--autodestroy":
+				o.Autodestroy = true
+			default:
+				return bad()
+			}
+		}
+		return d.startLocked(ctx, dm, o)
+	case "shutdown":
+		var timeout time.Duration
+		for _, a := range args {
+			v, ok := strings.CutPrefix(a, "--timeout=")
+			n, err := strconv.Atoi(v)
+			if !ok || err != nil || n < 0 {
+				return bad()
+			}
+			timeout = time.Duration(n) * time.Second
+		}
+		return d.shutdown(ctx, dm, timeout)
+	case "autostart":
+		if len(args) != 1 || args[0] != "on" && args[0] != "off" {
+			return bad()
+		}
+		return d.setAutostart(dm, args[0] == "on")
+	}
+	if len(args) > 0 {
+		if usage(cmd) != "" {
+			return bad()
+		}
+	}
+	switch cmd {
+	case "destroy":
+		dm.op.Lock()
+		defer dm.op.Unlock()
+		return d.destroy(ctx, dm, ReasonDestroyed)
+	case "reboot":
+		return d.reboot(ctx, dm)
+	case "reset":
+		return d.simple(dm, "reset", func(r *run) error { return r.qmp.SystemReset() })
+	case "suspend":
+		return d.simple(dm, "suspend", func(r *run) error {
+			r.mu.Lock()
+			r.pauseReason = ReasonUser
+			r.mu.Unlock()
+			if err := r.qmp.Stop(); err != nil {
+				return err
+			}
+			dm.transition(StateRunning, StatePaused, ReasonUser, EventPaused)
+			r.saveStatus()
+			return nil
+		})
+	case "resume":
+		return d.simple(dm, "resume", func(r *run) error {
+			if err := r.qmp.Cont(); err != nil {
+				return err
+			}
+			dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
+			r.saveStatus()
+			return nil
+		})
+	}
+	return errorf(ErrInvalid, "%s: unknown command %q; commands: %s", name, cmd, strings.Join(Commands, ", "))
+}
+
+func usage(cmd string) string {
+	for _, c := range Commands {
+		if c == cmd || strings.HasPrefix(c, cmd+" ") {
+			return c
+		}
+	}
+	return ""
+}
+
+// activeRun returns the domain's run, or an ErrBusy error naming op.
+func (dm *dom) activeRun(op string) (*run, error) {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	if dm.run == nil {
+		if dm.def == nil {
+			return nil, errorf(ErrInvalid, "%s %s: the domain is not defined", op, dm.name)
+		}
+		return nil, errorf(ErrBusy, "%s %s: the domain is not running", op, dm.name)
+	}
+	return dm.run, nil
+}
+
+// simple runs a quick QMP operation on an active domain.
+func (d *Driver) simple(dm *dom, op string, fn func(r *run) error) error {
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	r, err := dm.activeRun(op)
+	if err != nil {
+		return err
+	}
+	if err := fn(r); err != nil {
+		return errorf(ErrIO, "%s %s: %w", op, dm.name, err)
+	}
+	return nil
+}
+
+// Start starts a defined, shut-off domain.
+func (d *Driver) Start(ctx context.Context, name string, o StartOptions) (err error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	defer func() { dm.noteResult(err) }()
+	return d.startLocked(ctx, dm, o)
+}
+
+func (d *Driver) startLocked(ctx context.Context, dm *dom, o StartOptions) error {
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	dm.mu.Lock()
+	def, active := dm.def, dm.run != nil
+	dm.mu.Unlock()
+	if def == nil {
+		return errorf(ErrInvalid, "start %s: the domain is not defined: write its config.xml first", dm.name)
+	}
+	if active {
+		return errorf(ErrBusy, "start %s: the domain is already running", dm.name)
+	}
+	if err := d.start(ctx, dm, def, o); err != nil {
+		dm.mu.Lock()
+		if dm.run == nil {
+			dm.state, dm.reason = StateShutoff, ReasonFailed
+		}
+		dm.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// start spawns QEMU for def and brings it to running (or paused). On any
+// failure it leaves nothing behind: no process, no files, no labels.
+func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o StartOptions) (err error) {
+	name := dm.name
+	emu, _, err := d.caps.Lookup(def.Arch(), def.Type(), def.Machine(), def.Emulator())
+	if err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
+	r := newRun(d, dm)
+	r.autodestroy = o.Autodestroy
+	r.live = def.Clone()
+	f := r.files
+
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	os.RemoveAll(f.DomDir)
+	if err := os.Mkdir(f.DomDir, 0o700); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
+	}
+	undo = append(undo, func() { os.RemoveAll(f.DomDir) })
+
+	// QEMU gets a socket that already listens, so qemufs can connect
+	// at once instead of polling for the socket to appear.
+	os.Remove(f.QMP)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: f.QMP, Net: "unix"})
+	if err != nil {
+		return errorf(ErrIO, "start %s: QMP socket: %w", name, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	qmpFile, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return errorf(ErrIO, "start %s: QMP socket: %w", name, err)
+	}
+	defer qmpFile.Close()
+	undo = append(undo, func() { os.Remove(f.QMP) })
+
+	if err := d.prepareHost(r); err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
+	if port, auto := vncAutoport(r.live); auto {
+		p, err := d.ports.Get(d.conf.VNCListen)
+		if err != nil {
+			return errorf(ErrIO, "start %s: VNC: %w", name, err)
+		}
+		r.vncPort = p
+		undo = append(undo, func() { d.ports.Release(p) })
+	} else {
+		r.vncPort = port
+	}
+
+	cmd, err := domain.BuildCommand(r.live, commandOptions(d, r, emu, 3))
+	if err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
+	spec := procmgr.Spec{
+		Name:       name,
+		Path:       cmd.Path,
+		Args:       cmd.Args,
+		Env:        cmd.Env,
+		Dir:        "/",
+		LogPath:    f.Log,
+		PidPath:    f.PidFile,
+		ExtraFiles: []*os.File{qmpFile},
+	}
+	if err := d.prepareSecurity(ctx, r, &spec); err != nil {
+		return err
+	}
+	undo = append(undo, func() { d.restoreSecurity(r) })
+
+	d.logStart(r, &spec)
+	proc, err := procmgr.Start(ctx, spec)
+	if err != nil {
+		return errorf(ErrIO, "start %s: %w%s", name, err, logTail(f.Log))
+	}
+	r.proc = proc
+	undo = append(undo, func() {
+		proc.Kill()
+		<-proc.Done()
+		os.Remove(f.PidFile)
+		d.appendLog(f.Log, "shutting down, reason=failed")
+	})
+	qmpFile.Close()
+	go r.handleEvents()
+	undo = append(undo, func() { r.evq.end() })
+
+	mon, err := d.dialMonitor(ctx, r)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { mon.Close() })
+	if err := d.attachConsole(ctx, r, false); err != nil {
+		d.appendLog(f.Log, "console: %v", err)
+	}
+	r.refreshLive()
+	d.noteTaints(r)
+
+	dm.mu.Lock()
+	dm.run = r
+	if o.Paused {
+		dm.state, dm.reason = StatePaused, ReasonUser
+	} else {
+		dm.state, dm.reason = StateRunning, ReasonBooted
+	}
+	dm.mu.Unlock()
+	undo = append(undo, func() {
+		dm.mu.Lock()
+		dm.run = nil
+		dm.mu.Unlock()
+	})
+	if !o.Paused {
+		if err := r.qmp.Cont(); err != nil {
+			return errorf(ErrIO, "start %s: cont: %w%s", name, err, logTail(f.Log))
+		}
+	}
+	if err := r.saveStatus(); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
+	}
+	dm.publish(EventStarted, ReasonBooted)
+	if o.Paused {
+		dm.publish(EventPaused, ReasonUser)
+	}
+	d.wg.Add(1)
+	go r.supervise()
+	return nil
+}
+
+// dialMonitor connects to QEMU's QMP socket. If QEMU dies while starting,
+// the error carries the reason QEMU printed.
+func (d *Driver) dialMonitor(ctx context.Context, r *run) (*monitor.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	mon, err := monitor.Dial(ctx, r.files.QMP, monitor.Options{OnEvent: r.onEvent})
+	if err != nil {
+		if r.proc != nil {
+			select {
+			case <-r.proc.Done():
+				return nil, errorf(ErrIO, "start %s: QEMU exited (%s)%s", r.dm.name, r.proc.Exit(), logTail(r.files.Log))
+			case <-time.After(time.Second):
+			}
+		}
+		if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+			return nil, errorf(ErrInterrupted, "start %s: interrupted", r.dm.name)
+		}
+		return nil, errorf(ErrIO, "start %s: QMP: %w%s", r.dm.name, err, logTail(r.files.Log))
+	}
+	r.mon = mon
+	r.qmp = raw.NewMonitor(mon)
+	return mon, nil
+}
+
+// shutdown asks the guest to power off (ACPI) and waits until it is shut
+// off; with a timeout, destroys it when the guest has not finished by then.
+func (d *Driver) shutdown(ctx context.Context, dm *dom, timeout time.Duration) error {
+	dm.op.Lock()
+	r, err := dm.activeRun("shutdown")
+	if err == nil {
+		if e := r.qmp.SystemPowerdown(); e != nil {
+			err = errorf(ErrIO, "shutdown %s: %w", dm.name, e)
+		}
+	}
+	dm.op.Unlock()
+	if err != nil {
+		return err
+	}
+	d.appendLog(r.files.Log, "shutdown requested (ACPI power button)")
+	var expire <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expire = t.C
+	}
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return errorf(ErrInterrupted, "shutdown %s: interrupted while waiting; the guest was asked to power off and may still do so", dm.name)
+	case <-expire:
+	}
+	d.appendLog(r.files.Log, "guest did not shut down within %s; destroying it", timeout)
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	if err := d.destroy(ctx, dm, ReasonDestroyed); err != nil && !errors.Is(err, ErrBusy) {
+		return err
+	}
+	return nil
+}
+
+// destroy ends QEMU at once (SIGTERM, SIGKILL after 10 s) and waits for
+// the cleanup. The caller holds dm.op.
+func (d *Driver) destroy(ctx context.Context, dm *dom, reason string) error {
+	r, err := dm.activeRun("destroy")
+	if err != nil {
+		return err
+	}
+	r.kill(reason)
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return errorf(ErrInterrupted, "destroy %s: interrupted while waiting; QEMU was signalled and will end", dm.name)
+	}
+}
+
+// reboot asks the guest to shut down and, when it has, resets and resumes
+// it (libvirt's "fake reboot"), whatever on_poweroff says.
+func (d *Driver) reboot(ctx context.Context, dm *dom) error {
+	dm.op.Lock()
+	r, err := dm.activeRun("reboot")
+	var done chan struct{}
+	if err == nil {
+		r.mu.Lock()
+		r.fakeReboot = true
+		if r.rebootDone == nil {
+			r.rebootDone = make(chan struct{})
+		}
+		done = r.rebootDone
+		r.mu.Unlock()
+		if e := r.qmp.SystemPowerdown(); e != nil {
+			r.mu.Lock()
+			r.fakeReboot = false
+			r.mu.Unlock()
+			err = errorf(ErrIO, "reboot %s: %w", dm.name, e)
+		}
+	}
+	dm.op.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-r.done:
+		return errorf(ErrIO, "reboot %s: the domain stopped instead of rebooting", dm.name)
+	case <-ctx.Done():
+		return errorf(ErrInterrupted, "reboot %s: interrupted while waiting for the guest to shut down; it will still reboot when it does", dm.name)
+	}
+}
+
+func (d *Driver) setAutostart(dm *dom, on bool) error {
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	dm.mu.Lock()
+	defined := dm.def != nil
+	dm.mu.Unlock()
+	if !defined {
+		return errorf(ErrInvalid, "autostart %s: the domain is not defined", dm.name)
+	}
+	p := d.autostartPath(dm.name)
+	if on {
+		if err := writeFileAtomic(p, []byte(dm.name+"\n"), 0o600); err != nil {
+			return errorf(ErrIO, "autostart %s: %w", dm.name, err)
+		}
+	} else if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return errorf(ErrIO, "autostart %s: %w", dm.name, err)
+	}
+	dm.mu.Lock()
+	dm.autostart = on
+	dm.mu.Unlock()
+	return nil
+}
+
+// Autostart starts every shut-off domain marked autostart, as the daemon
+// comes up. Failures are recorded in each domain's `error`.
+func (d *Driver) Autostart(ctx context.Context) {
+	for _, name := range d.Names() {
+		dm, err := d.lookup(name)
+		if err != nil {
+			continue
+		}
+		dm.mu.Lock()
+		want := dm.autostart && dm.run == nil && dm.def != nil
+		dm.mu.Unlock()
+		if !want {
+			continue
+		}
+		if err := d.Start(ctx, name, StartOptions{}); err != nil {
+			d.logf("autostart %s: %v", name, err)
+		}
+		if d.conf.AutoStartDelay > 0 {
+			time.Sleep(time.Duration(d.conf.AutoStartDelay) * time.Millisecond)
+		}
+	}
+}
+
+// logStart writes the header of a run to the domain's log, as libvirt does:
+// a timestamped line and the command line.
+func (d *Driver) logStart(r *run, spec *procmgr.Spec) {
+	line := domain.Command{Env: spec.Env, Path: spec.Path, Args: spec.Args}
+	d.appendLog(r.files.Log, "starting up qemufs %s\n%s", d.opts.Version, line.String())
+}
+
+// appendLog writes a timestamped note to a domain's log.
+func (d *Driver) appendLog(path, format string, args ...any) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	ts := time.Now().UTC().Format("2006-01-02 15:04:05.000-0700")
+	fmt.Fprintf(f, "%s: %s\n", ts, fmt.Sprintf(format, args...))
+}
+
+// logTail returns the last lines QEMU wrote to the log, as an error suffix.
+func logTail(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil || len(data) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var tail []string
+	for i := len(lines) - 1; i >= 0 && len(tail) < 3; i-- {
+		l := lines[i]
+		if strings.Contains(l, ": starting up qemufs") {
+			break
+		}
+		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "LC_ALL=") || isQemufsNote(l) {
+			continue
+		}
+		tail = append([]string{strings.TrimSpace(l)}, tail...)
+	}
+	if len(tail) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(tail, "; ")
+}
+
+// qemufsNote matches the timestamp appendLog puts on qemufs's own lines.
+var qemufsNote = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d{4}: `)
+
+// isQemufsNote tells qemufs's own log lines from QEMU's output.
+func isQemufsNote(l string) bool { return qemufsNote.MatchString(l) }

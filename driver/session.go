@@ -1,0 +1,192 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sync"
+
+	"github.com/qemufs/qemufs/stream"
+)
+
+// maxPending bounds a command that has not been completed yet.
+const maxPending = 1 << 20
+
+// MonitorSession is one open monitor/qmp or monitor/hmp handle: commands
+// written to it run on the guest's QMP connection, and their replies are
+// read back from the same handle only.
+type MonitorSession struct {
+	r       *run
+	hmp     bool
+	mu      sync.Mutex
+	pending []byte
+	replies *stream.Log
+	rd      *stream.Reader
+	closed  chan struct{}
+	once    sync.Once
+}
+
+// OpenMonitor opens a pass-through session to a running domain's monitor:
+// QMP (JSON in, JSON out) or, with hmp set, human monitor lines.
+func (d *Driver) OpenMonitor(name string, hmp bool) (*MonitorSession, error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	r, err := dm.activeRun("monitor")
+	if err != nil {
+		return nil, err
+	}
+	s := &MonitorSession{r: r, hmp: hmp, replies: stream.New(maxPending, false), closed: make(chan struct{})}
+	s.rd = s.replies.NewReader()
+	go func() {
+		select {
+		case <-r.done:
+		case <-r.detached:
+		case <-s.closed:
+		}
+		s.replies.Close()
+	}()
+	return s, nil
+}
+
+// Write takes bytes of commands; each complete command (a JSON object for
+// QMP, a line for HMP) runs before Write returns, its reply queued for Read.
+func (s *MonitorSession) Write(ctx context.Context, p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = append(s.pending, p...)
+	for {
+		cmd, rest, err := s.next()
+		if err != nil {
+			s.pending = nil
+			return 0, err
+		}
+		if cmd == nil {
+			break
+		}
+		s.pending = rest
+		if err := s.run(ctx, cmd); err != nil {
+			return 0, err
+		}
+	}
+	if len(s.pending) > maxPending {
+		s.pending = nil
+		return 0, errorf(ErrInvalid, "monitor: command longer than %d bytes", maxPending)
+	}
+	return len(p), nil
+}
+
+// next splits the first complete command off the pending bytes.
+func (s *MonitorSession) next() (cmd, rest []byte, err error) {
+	if s.hmp {
+		i := bytes.IndexByte(s.pending, '\n')
+		if i < 0 {
+			return nil, s.pending, nil
+		}
+		return bytes.TrimRight(s.pending[:i], "\r"), s.pending[i+1:], nil
+	}
+	buf := bytes.TrimLeft(s.pending, " \t\r\n")
+	if len(buf) == 0 {
+		return nil, nil, nil
+	}
+	if buf[0] != '{' {
+		return nil, nil, errorf(ErrInvalid, "monitor/qmp: expected a JSON object, got %q", truncate(buf, 40))
+	}
+	end := jsonObjectEnd(buf)
+	if end < 0 {
+		return nil, buf, nil
+	}
+	obj := buf[:end]
+	if !json.Valid(obj) {
+		return nil, nil, errorf(ErrInvalid, "monitor/qmp: malformed JSON %q", truncate(obj, 80))
+	}
+	return obj, buf[end:], nil
+}
+
+// jsonObjectEnd returns the length of the JSON object at the start of b, or
+// -1 when it is not complete yet.
+func jsonObjectEnd(b []byte) int {
+	depth, inString, escaped := 0, false, false
+	for i, c := range b {
+		switch {
+		case escaped:
+			escaped = false
+		case inString:
+			switch c {
+			case '\\':
+				escaped = true
+			case '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		}
+	}
+	return -1
+}
+
+func truncate(b []byte, n int) string {
+	if len(b) > n {
+		return string(b[:n]) + "..."
+	}
+	return string(b)
+}
+
+func (s *MonitorSession) run(ctx context.Context, cmd []byte) error {
+	r := s.r
+	r.taint("custom-monitor")
+	if s.hmp {
+		if len(bytes.TrimSpace(cmd)) == 0 {
+			return nil
+		}
+		out, err := r.mon.HMP(ctx, string(cmd))
+		if err != nil {
+			return errorf(ErrIO, "monitor/hmp %s: %w", r.dm.name, err)
+		}
+		s.replies.Write([]byte(out))
+		return nil
+	}
+	reply, err := r.mon.RunRaw(ctx, cmd)
+	if err != nil {
+		if ctx.Err() != nil {
+			return errorf(ErrInterrupted, "monitor/qmp %s: interrupted", r.dm.name)
+		}
+		return errorf(ErrIO, "monitor/qmp %s: %w", r.dm.name, err)
+	}
+	s.replies.Write(append(bytes.TrimRight(reply, "\r\n"), '\n'))
+	return nil
+}
+
+// Read returns replies; it blocks until one is there, and ends (io.EOF)
+// once the domain has stopped and every reply was read.
+func (s *MonitorSession) Read(ctx context.Context, p []byte) (int, error) {
+	return s.rd.Read(ctx, p)
+}
+
+// Close ends the session.
+func (s *MonitorSession) Close() {
+	s.once.Do(func() { close(s.closed) })
+}
+
+// taint marks the run with a libvirt taint flag, once: in the live XML, the
+// log and the status file.
+func (r *run) taint(flag string) {
+	r.mu.Lock()
+	if r.taints[flag] {
+		r.mu.Unlock()
+		return
+	}
+	r.taints[flag] = true
+	r.mu.Unlock()
+	r.d.appendLog(r.files.Log, "Domain id=%d is tainted: %s", r.proc.Pid, flag)
+	r.refreshLive()
+	r.saveStatus()
+}

@@ -1,0 +1,189 @@
+package driver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/procmgr"
+	"github.com/qemufs/qemufs/security"
+)
+
+// status is what a running domain leaves in the run directory so that a
+// later daemon can re-attach: which process, what security changed, and the
+// live definition.
+type status struct {
+	Pid         int              `json:"pid"`
+	StartTime   uint64           `json:"start_time"`
+	State       State            `json:"state"`
+	Reason      string           `json:"reason"`
+	VNCPort     int              `json:"vnc_port,omitempty"`
+	Console     consoleSource    `json:"console"`
+	Autodestroy bool             `json:"autodestroy,omitempty"`
+	Security    *security.Record `json:"security,omitempty"`
+	Taints      []string         `json:"taints,omitempty"`
+	Live        string           `json:"live"`
+}
+
+// saveStatus writes the status file. It lives on the run directory, whose
+// content does not outlive a reboot, so it skips fsync: rename is enough to
+// never leave a torn file.
+func (r *run) saveStatus() error {
+	r.dm.mu.Lock()
+	st := status{State: r.dm.state, Reason: r.dm.reason}
+	r.dm.mu.Unlock()
+	r.mu.Lock()
+	st.Pid, st.StartTime = r.proc.Pid, r.proc.StartTime
+	st.VNCPort = r.vncPort
+	st.Autodestroy = r.autodestroy
+	st.Security = r.sec
+	st.Live = string(r.liveXML)
+	for t := range r.taints {
+		st.Taints = append(st.Taints, t)
+	}
+	r.mu.Unlock()
+	sort.Strings(st.Taints)
+	if r.console != nil {
+		st.Console = r.console.src
+	}
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := r.files.Status + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("status file: %w", err)
+	}
+	return os.Rename(tmp, r.files.Status)
+}
+
+// reattachAll finds the guests a previous daemon left running and takes
+// them over; the status of a guest that died meanwhile is cleaned up as a
+// crash.
+func (d *Driver) reattachAll() {
+	paths, _ := filepath.Glob(filepath.Join(d.inst.RunDir, "*.status"))
+	for _, p := range paths {
+		name := strings.TrimSuffix(filepath.Base(p), ".status")
+		if err := d.reattach(name, p); err != nil {
+			d.logf("re-attach %s: %v", name, err)
+		}
+	}
+}
+
+func (d *Driver) reattach(name, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var st status
+	if err := json.Unmarshal(data, &st); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("bad status file %s removed: %w", path, err)
+	}
+	live, err := domain.Parse([]byte(st.Live))
+	if err != nil {
+		return fmt.Errorf("live definition in %s: %w", path, err)
+	}
+	d.mu.Lock()
+	dm, ok := d.doms[name]
+	if !ok {
+		// Its definition vanished while it ran: keep it manageable.
+		dm = d.newDom(name)
+		dm.def, dm.defXML = live, live.XML()
+		d.doms[name] = dm
+	}
+	d.mu.Unlock()
+
+	r := newRun(d, dm)
+	r.live, r.liveXML = live, []byte(st.Live)
+	r.vncPort = st.VNCPort
+	r.autodestroy = st.Autodestroy
+	r.sec = st.Security
+	for _, t := range st.Taints {
+		r.taints[t] = true
+	}
+	proc, err := procmgr.Attach(st.Pid, st.StartTime)
+	if err != nil {
+		if !errors.Is(err, procmgr.ErrGone) {
+			return err
+		}
+		d.appendLog(r.files.Log, "QEMU (pid %d) ended while qemufs was not running", st.Pid)
+		d.releaseDead(r)
+		dm.mu.Lock()
+		dm.state, dm.reason = StateShutoff, ReasonCrashed
+		dm.lastErr = fmt.Sprintf("QEMU (pid %d) ended while qemufs was not running%s", st.Pid, logTail(r.files.Log))
+		dm.mu.Unlock()
+		dm.publish(EventStopped, ReasonCrashed)
+		return nil
+	}
+	r.proc = proc
+	if r.sec != nil && d.sec != nil {
+		if err := d.sec.Reattach(r.sec); err != nil {
+			d.logf("re-attach %s: security: %v", name, err)
+		}
+	}
+	if r.vncPort > 0 {
+		d.ports.Reserve(r.vncPort)
+	}
+	go r.handleEvents()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := d.dialMonitor(ctx, r); err != nil {
+		// A QEMU that exists but will not talk cannot be managed; say so
+		// and leave it alone rather than kill a guest.
+		r.evq.end()
+		dm.mu.Lock()
+		dm.lastErr = fmt.Sprintf("re-attach: %v; QEMU pid %d left running unmanaged", err, st.Pid)
+		dm.mu.Unlock()
+		return err
+	}
+	state, reason := StateRunning, st.Reason
+	if s, err := r.qmp.QueryStatus(); err == nil && !s.Running {
+		state = StatePaused
+		if st.State != StatePaused {
+			reason = ReasonUnknown
+		}
+	} else if st.State != StateRunning {
+		reason = ReasonUnknown
+	}
+	if st.Console.Kind != "" {
+		r.console, err = openConsole(st.Console, r.files.Console, true)
+		if err != nil {
+			d.appendLog(r.files.Log, "console: %v", err)
+		}
+	}
+	d.appendLog(r.files.Log, "re-attached by qemufs %s (pid %d)", d.opts.Version, os.Getpid())
+	dm.mu.Lock()
+	dm.run = r
+	dm.state, dm.reason = state, reason
+	dm.mu.Unlock()
+	d.wg.Add(1)
+	go r.supervise()
+	if r.autodestroy {
+		// The mount it was tied to has ended.
+		dm.op.Lock()
+		d.destroy(ctx, dm, ReasonDestroyed)
+		dm.op.Unlock()
+	}
+	return nil
+}
+
+// releaseDead removes what a run that died unseen left behind.
+func (d *Driver) releaseDead(r *run) {
+	if r.sec != nil && d.sec != nil {
+		if err := d.sec.Restore(context.Background(), r.sec); err != nil {
+			d.logf("%s: restore security: %v", r.dm.name, err)
+		}
+	}
+	for _, p := range []string{r.files.Status, r.files.QMP, r.files.PidFile} {
+		os.Remove(p)
+	}
+	os.RemoveAll(r.files.DomDir)
+}

@@ -1,0 +1,417 @@
+package fsnode
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/qemufs/qemufs/driver"
+	"github.com/qemufs/qemufs/stream"
+)
+
+// opener makes the handle for one open of a file.
+type opener func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error)
+
+// streamFlags mark endless, position-less files: no page cache, no seeking,
+// and FOPEN_STREAM so that a blocked read does not hold the file position
+// lock against a concurrent write on the same fd.
+const streamFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE | fuse.FOPEN_STREAM
+
+// fileNode is every regular file of the tree; what it does is in its
+// opener and in the handle that returns.
+type fileNode struct {
+	fs.Inode
+	root   *Root
+	domain string // "" for files at the root
+	perm   uint32
+	open   opener
+	size   func() uint64 // nil: shown as 0 (content made at open)
+}
+
+var (
+	_ fs.NodeOpener    = (*fileNode)(nil)
+	_ fs.NodeGetattrer = (*fileNode)(nil)
+	_ fs.NodeSetattrer = (*fileNode)(nil)
+)
+
+func (n *fileNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.root.attr(&out.Attr, syscall.S_IFREG|n.root.cfg.Access.mode(n.perm))
+	if n.size != nil {
+		out.Size = n.size()
+	}
+	return 0
+}
+
+// Setattr accepts truncation to zero, which is how `>` arrives (go-fuse
+// does not ask for atomic O_TRUNC), and refuses other changes.
+func (n *fileNode) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok {
+		if sz != 0 || n.perm&0o222 == 0 {
+			return syscall.EPERM
+		}
+		if e := n.root.cfg.Access.allow(ctx, n.perm, 2); e != 0 {
+			return e
+		}
+		if t, ok := f.(interface{ truncate() }); ok {
+			t.truncate()
+		}
+	} else if in.Valid&(fuse.FATTR_MODE|fuse.FATTR_UID|fuse.FATTR_GID) != 0 {
+		return syscall.EPERM
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if e := n.root.cfg.Access.check(ctx, n.perm, flags); e != 0 {
+		return nil, 0, e
+	}
+	if n.perm&0o222 == 0 && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EACCES
+	}
+	h, ff, err := n.open(ctx, flags)
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	return h, ff, 0
+}
+
+// snapshot returns an opener that makes the content once per open.
+func snapshot(content func(ctx context.Context) ([]byte, error)) opener {
+	return func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
+		b, err := content(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		return &bytesHandle{data: b}, fuse.FOPEN_DIRECT_IO, nil
+	}
+}
+
+// bytesHandle serves content fixed at open.
+type bytesHandle struct{ data []byte }
+
+var _ fs.FileReader = (*bytesHandle)(nil)
+
+func (h *bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultData(sliceAt(h.data, off, len(dest))), 0
+}
+
+func sliceAt(b []byte, off int64, n int) []byte {
+	if off >= int64(len(b)) {
+		return nil
+	}
+	b = b[off:]
+	if len(b) > n {
+		b = b[:n]
+	}
+	return b
+}
+
+// osFileHandle reads a real file (the log).
+type osFileHandle struct{ f *os.File }
+
+var (
+	_ fs.FileReader   = (*osFileHandle)(nil)
+	_ fs.FileReleaser = (*osFileHandle)(nil)
+)
+
+func (h *osFileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.f.ReadAt(dest, off)
+	if err != nil && err != io.EOF {
+		return nil, fs.ToErrno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *osFileHandle) Release(ctx context.Context) syscall.Errno {
+	h.f.Close()
+	return 0
+}
+
+// configHandle is an open config.xml: reads see the definition as it was at
+// open; writes collect a new one, defined as soon as it is a complete XML
+// document (so that the writer's write(2) gets the error) or at the latest
+// at close.
+type configHandle struct {
+	d        *driver.Driver
+	name     string
+	snapshot []byte
+
+	mu        sync.Mutex
+	buf       []byte
+	dirty     bool // buf differs from what was last defined or refused
+	committed bool // buf was defined (or refused) as a whole
+}
+
+var (
+	_ fs.FileReader  = (*configHandle)(nil)
+	_ fs.FileWriter  = (*configHandle)(nil)
+	_ fs.FileFlusher = (*configHandle)(nil)
+)
+
+func (h *configHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return fuse.ReadResultData(sliceAt(h.snapshot, off, len(dest))), 0
+}
+
+func (h *configHandle) truncate() {
+	h.mu.Lock()
+	h.buf, h.dirty, h.committed = h.buf[:0], true, false
+	h.mu.Unlock()
+}
+
+func (h *configHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if end := off + int64(len(data)); end > int64(len(h.buf)) {
+		h.buf = append(h.buf, make([]byte, end-int64(len(h.buf)))...)
+	}
+	copy(h.buf[off:], data)
+	h.dirty, h.committed = true, false
+	switch xmlComplete(h.buf) {
+	case xmlIncomplete:
+		return uint32(len(data)), 0
+	case xmlBroken, xmlDocument:
+		// Define now: a complete or hopeless document gets its answer
+		// on this write(2), where every shell reports it.
+		h.committed, h.dirty = true, false
+		if err := h.d.Define(h.name, h.buf); err != nil {
+			return 0, errno(err)
+		}
+	}
+	return uint32(len(data)), 0
+}
+
+// Flush defines what was written and not yet defined; it is the only
+// hook whose error reaches close(2). Called again (dup'd fds), it does
+// nothing new.
+func (h *configHandle) Flush(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.dirty {
+		return 0
+	}
+	h.dirty, h.committed = false, true
+	return errno(h.d.Define(h.name, h.buf))
+}
+
+type xmlState int
+
+const (
+	xmlIncomplete xmlState = iota
+	xmlDocument
+	xmlBroken
+)
+
+// xmlComplete tells whether b holds a whole XML document, the start of
+// one, or something that can never become one.
+func xmlComplete(b []byte) xmlState {
+	t := bytes.TrimSpace(b)
+	if len(t) == 0 || t[len(t)-1] != '>' {
+		return xmlIncomplete
+	}
+	dec := xml.NewDecoder(bytes.NewReader(t))
+	depth, seenRoot := 0, false
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			if seenRoot && depth == 0 {
+				return xmlDocument
+			}
+			return xmlIncomplete
+		}
+		if err != nil {
+			if strings.Contains(err.Error(), "unexpected EOF") {
+				return xmlIncomplete
+			}
+			return xmlBroken
+		}
+		switch tok.(type) {
+		case xml.StartElement:
+			if seenRoot && depth == 0 {
+				return xmlBroken // a second root element
+			}
+			depth++
+			seenRoot = true
+		case xml.EndElement:
+			depth--
+		}
+	}
+}
+
+// ctlHandle runs each write as one command.
+type ctlHandle struct {
+	d    *driver.Driver
+	name string
+}
+
+var _ fs.FileWriter = (*ctlHandle)(nil)
+
+func (h *ctlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if err := h.d.Control(ctx, h.name, string(data)); err != nil {
+		return 0, errno(err)
+	}
+	return uint32(len(data)), 0
+}
+
+// streamHandle follows a stream like tail -f.
+type streamHandle struct{ rd *stream.Reader }
+
+var _ fs.FileReader = (*streamHandle)(nil)
+
+func (h *streamHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return readStream(ctx, h.rd.Read, dest)
+}
+
+// readStream blocks for data; an interrupted reader gets EINTR at once.
+func readStream(ctx context.Context, read func(context.Context, []byte) (int, error), dest []byte) (fuse.ReadResult, syscall.Errno) {
+	n, err := read(ctx, dest)
+	switch {
+	case err == nil || err == io.EOF:
+		return fuse.ReadResultData(dest[:n]), 0
+	case ctx.Err() != nil:
+		return nil, syscall.EINTR
+	}
+	return nil, errno(err)
+}
+
+// consoleHandle is an open console: output in, input out.
+type consoleHandle struct {
+	c    *driver.ConsoleHandle
+	d    *driver.Driver
+	name string
+}
+
+var (
+	_ fs.FileReader = (*consoleHandle)(nil)
+	_ fs.FileWriter = (*consoleHandle)(nil)
+)
+
+func (h *consoleHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return readStream(ctx, h.c.Read, dest)
+}
+
+func (h *consoleHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := h.c.Write(data)
+	if err != nil {
+		h.d.RecordError(h.name, err.Error())
+		return 0, errno(err)
+	}
+	return uint32(n), 0
+}
+
+// sessionHandle is one monitor session.
+type sessionHandle struct {
+	s    *driver.MonitorSession
+	d    *driver.Driver
+	name string
+}
+
+var (
+	_ fs.FileReader   = (*sessionHandle)(nil)
+	_ fs.FileWriter   = (*sessionHandle)(nil)
+	_ fs.FileReleaser = (*sessionHandle)(nil)
+)
+
+func (h *sessionHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return readStream(ctx, h.s.Read, dest)
+}
+
+func (h *sessionHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := h.s.Write(ctx, data)
+	if err != nil {
+		h.d.RecordError(h.name, err.Error())
+		return 0, errno(err)
+	}
+	return uint32(n), 0
+}
+
+func (h *sessionHandle) Release(ctx context.Context) syscall.Errno {
+	h.s.Close()
+	return 0
+}
+
+// openFromNative opens the root's from-native file: write a QEMU command
+// line, read back domain XML. The last conversion of each user is kept, so
+// `echo ARGS > from-native; cat from-native` works.
+func (r *Root) openFromNative(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
+	uid := uint32(0)
+	if c, ok := fuse.FromContext(ctx); ok {
+		uid = c.Uid
+	}
+	r.mu.Lock()
+	last := r.fromNative[uid]
+	r.mu.Unlock()
+	return &fromNativeHandle{r: r, uid: uid, out: last}, fuse.FOPEN_DIRECT_IO, nil
+}
+
+type fromNativeHandle struct {
+	r   *Root
+	uid uint32
+
+	mu    sync.Mutex
+	in    []byte
+	out   []byte
+	dirty bool
+}
+
+var (
+	_ fs.FileReader  = (*fromNativeHandle)(nil)
+	_ fs.FileWriter  = (*fromNativeHandle)(nil)
+	_ fs.FileFlusher = (*fromNativeHandle)(nil)
+)
+
+func (h *fromNativeHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.in = append(h.in, data...)
+	h.dirty = true
+	if bytes.HasSuffix(h.in, []byte("\n")) {
+		if e := h.convert(); e != 0 {
+			return 0, e
+		}
+	}
+	return uint32(len(data)), 0
+}
+
+// convert turns the collected command line into XML. The caller holds mu.
+func (h *fromNativeHandle) convert() syscall.Errno {
+	h.dirty = false
+	xml, err := h.r.cfg.FromNative(string(h.in))
+	h.in = nil
+	if err != nil {
+		h.out = []byte("error: " + err.Error() + "\n")
+		return syscall.EINVAL
+	}
+	h.out = xml
+	h.r.mu.Lock()
+	h.r.fromNative[h.uid] = xml
+	h.r.mu.Unlock()
+	return 0
+}
+
+func (h *fromNativeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.dirty {
+		h.convert()
+	}
+	return fuse.ReadResultData(sliceAt(h.out, off, len(dest))), 0
+}
+
+func (h *fromNativeHandle) Flush(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.dirty || len(bytes.TrimSpace(h.in)) == 0 {
+		return 0
+	}
+	return h.convert()
+}
+
+func (h *fromNativeHandle) truncate() {}

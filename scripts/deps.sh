@@ -1,0 +1,42 @@
+#!/bin/sh
+# Installs what qemufs needs to build, run and test, on Debian 12, only when
+# missing. Safe to rerun; works without a terminal (CI=true, no stdin).
+set -eu
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
+export DEBIAN_FRONTEND=noninteractive
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+# command -> Debian package
+need=""
+for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils fusermount3:fuse3 \
+	xmllint:libxml2-utils cpio:cpio gzip:gzip modinfo:kmod tmux:tmux losetup:mount \
+	setpriv:util-linux; do
+	cmd=${pair%%:*} pkg=${pair#*:}
+	command -v "$cmd" >/dev/null 2>&1 || need="$need $pkg"
+done
+# The test guest is built from these; they are downloaded, not installed.
+if [ -n "$need" ]; then
+	echo "deps: installing$need"
+	as_root apt-get update -qq
+	as_root apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+	echo "deps: Go is missing: install Go 1.22 or newer (https://go.dev/dl/) into /usr/local/go" >&2
+	exit 1
+fi
+if ! command -v staticcheck >/dev/null 2>&1; then
+	echo "deps: installing staticcheck"
+	go install honnef.co/go/tools/cmd/staticcheck@latest
+fi
+
+# The system instance runs QEMU as an unprivileged account, like the 'qemu'
+# user of distributions' libvirt packages.
+if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then
+	getent group qemu >/dev/null || as_root groupadd --system qemu
+	getent passwd qemu >/dev/null || as_root useradd --system --gid qemu --no-create-home \
+		--home-dir /nonexistent --shell /usr/sbin/nologin qemu
+fi
