@@ -139,14 +139,15 @@ func (d *Driver) Screenshot(ctx context.Context, name string) ([]byte, error) {
 func commandOptions(d *Driver, r *run, emu *capabilities.Emulator, qmpFD int) domain.CommandOptions {
 	home := filepath.Join(d.inst.LibDir, r.dm.name)
 	return domain.CommandOptions{
-		Emulator:  emu,
-		QMPSocket: r.files.QMP,
-		QMPFD:     qmpFD,
-		DomainDir: r.files.DomDir,
-		LibDir:    home,
-		VNCPort:   r.vncPort,
-		VNCListen: d.conf.VNCListen,
-		Home:      home,
+		Emulator:    emu,
+		QMPSocket:   r.files.QMP,
+		QMPFD:       qmpFD,
+		DomainDir:   r.files.DomDir,
+		LibDir:      home,
+		VNCPort:     r.vncPort,
+		VNCListen:   d.conf.VNCListen,
+		SpiceListen: d.conf.SpiceListen,
+		Home:        home,
 	}
 }
 
