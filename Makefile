@@ -24,21 +24,18 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/qemufs
 
 run: deps build
-	@mkdir -p $(RUN_MNT)
+	@mkdir -p $(RUN_MNT) $(RUN_ROOT)
+	@scripts/demo.sh $(RUN_ROOT)
 	@if mountpoint -q $(RUN_MNT); then echo "already mounted at $(RUN_MNT)"; else \
 		$(BIN) mount --daemon --root $(RUN_ROOT) $(RUN_MNT); fi
 	@echo
-	@echo "qemufs is mounted at $(RUN_MNT) (state under $(RUN_ROOT))."
-	@echo "Try:"
-	@echo "  mkdir $(RUN_MNT)/demo"
-	@echo "  cat > $(RUN_MNT)/demo/config.xml <<'XML'"
-	@echo "  <domain type='qemu'><name>demo</name><memory unit='MiB'>128</memory>"
-	@echo "    <os><type arch='x86_64' machine='pc'>hvm</type></os>"
-	@echo "    <devices><serial type='pty'/></devices></domain>"
-	@echo "  XML"
-	@echo "  echo 'start --paused' > $(RUN_MNT)/demo/ctl && cat $(RUN_MNT)/demo/state"
-	@echo "  echo destroy > $(RUN_MNT)/demo/ctl"
-	@echo "Stop it with: make stop   (guests keep running; the next 'make run' re-attaches)"
+	@echo "qemufs is mounted at ./mnt (state under ./.qemufs, daemon log .qemufs/log/qemufs.log)."
+	@echo "Boot the demo guest:"
+	@echo "  mkdir mnt/demo && cp .qemufs/demo.xml mnt/demo/config.xml"
+	@echo "  echo start > mnt/demo/ctl && cat mnt/demo/state"
+	@echo "  grep -m1 QEMUFS-GUEST-READY mnt/demo/console"
+	@echo "  echo shutdown > mnt/demo/ctl && cat mnt/demo/state"
+	@echo "More in README.md. Stop with: make stop   (running guests survive; the next 'make run' re-attaches)"
 
 stop:
 	-$(BIN) unmount $(RUN_MNT)
