@@ -148,7 +148,7 @@ func (dd *domainDir) openMonitor(hmp bool) opener {
 			dd.root.cfg.Driver.RecordError(dd.name, err.Error())
 			return nil, 0, err
 		}
-		return &sessionHandle{s: s, d: dd.root.cfg.Driver, name: dd.name}, streamFlags, nil
+		return &sessionHandle{s: s, d: dd.root.cfg.Driver, name: dd.name}, sessionFlags, nil
 	}
 }
 

@@ -25,6 +25,14 @@ type opener func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, erro
 // lock against a concurrent write on the same fd.
 const streamFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE | fuse.FOPEN_STREAM
 
+// sessionFlags are for monitor/qmp and monitor/hmp: direct I/O but
+// seekable, because coreutils' head(1) calls lseek(fd, 0, SEEK_CUR) on a
+// regular file after reading its line and reports ESPIPE as an error; the
+// offset is ignored. The price: a read blocked on a reply holds the file
+// position lock, so a writer sharing the same open file (a dup'd fd) waits
+// for it; a session is used write-then-read, as `exec 3<>` scripts do.
+const sessionFlags = fuse.FOPEN_DIRECT_IO
+
 // fileNode is every regular file of the tree; what it does is in its
 // opener and in the handle that returns.
 type fileNode struct {
