@@ -193,6 +193,9 @@ func (d *Driver) newDom(name string) *dom {
 func (d *Driver) lookup(name string) (*dom, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closing {
+		return nil, errorf(ErrIO, "domain %q: qemufs is shutting down", name)
+	}
 	dm, ok := d.doms[name]
 	if !ok {
 		return nil, errorf(ErrNotFound, "domain %q not found", name)
@@ -404,7 +407,8 @@ func (d *Driver) Events(name string) (*stream.Reader, error) {
 }
 
 // Close detaches from running guests (they keep running; the next daemon
-// re-attaches) and destroys those started with --autodestroy.
+// re-attaches) and destroys those started with --autodestroy. The Driver
+// refuses every request afterwards.
 func (d *Driver) Close() {
 	d.mu.Lock()
 	d.closing = true
