@@ -51,7 +51,7 @@ const socketSuffixLen = len("/.d/vnc.sock")
 type Instance struct {
 	Kind Kind
 	// Name identifies the instance in cgroup names and messages:
-	// "system", "session-UID" or "embed-HASH".
+	// "system" ("system-HASH" relocated), "session-UID" or "embed-HASH".
 	Name string
 	// Root is the root directory of an embedded instance, or the prefix
 	// of a relocated system instance (NewSystemUnder).
@@ -194,6 +194,10 @@ func NewSystemUnder(prefix string) (*Instance, error) {
 	}
 	if prefix != "" {
 		in.Root = filepath.Clean(prefix)
+		// Its own name, so that relocated instances running side by side
+		// (tests) do not share cgroups with each other or the real one.
+		sum := sha256.Sum256([]byte(in.Root))
+		in.Name = "system-" + hex.EncodeToString(sum[:6])
 		for _, p := range []*string{&in.ConfigFile, &in.ConfigDir, &in.LibDir, &in.RunDir, &in.LogDir, &in.CacheDir,
 			&in.SwtpmRunDir, &in.SwtpmLibDir, &in.SwtpmLogDir, &in.PKIDir} {
 			*p = filepath.Join(in.Root, *p)

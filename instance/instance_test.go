@@ -167,3 +167,22 @@ func TestLoadConfigMissingAndDefaults(t *testing.T) {
 		t.Errorf("got %v, want error prefixed with the file and line", err)
 	}
 }
+
+// TestSystemUnderName: a relocated system instance has a name of its own,
+// so its guests' cgroups never meet those of another instance.
+func TestSystemUnderName(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the system instance needs root")
+	}
+	names := map[string]bool{}
+	for _, prefix := range []string{"", "/tmp/a", "/tmp/b"} {
+		in, err := NewSystemUnder(prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prefix == "" && in.Name != "system" || prefix != "" && !strings.HasPrefix(in.Name, "system-") || names[in.Name] {
+			t.Errorf("NewSystemUnder(%q).Name = %q", prefix, in.Name)
+		}
+		names[in.Name] = true
+	}
+}
