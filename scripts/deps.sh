@@ -53,4 +53,11 @@ if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then
 	getent group qemu >/dev/null || as_root groupadd --system qemu
 	getent passwd qemu >/dev/null || as_root useradd --system --gid qemu --no-create-home \
 		--home-dir /nonexistent --shell /usr/sbin/nologin qemu
+	# The end-to-end tests act as an unprivileged user of a system mount:
+	# qemufs-test, a member of qemufs-admin (the qemu.conf admin_group or
+	# read_group of those tests).
+	getent group qemufs-admin >/dev/null || as_root groupadd --system qemufs-admin
+	getent passwd qemufs-test >/dev/null || as_root useradd --system --user-group \
+		--groups qemufs-admin --no-create-home --home-dir /nonexistent \
+		--shell /usr/sbin/nologin qemufs-test
 fi
