@@ -224,6 +224,8 @@ func (d *Driver) Exists(name string) bool {
 // Create makes an empty slot called name (mkdir).
 func (d *Driver) Create(name string) error {
 	if err := d.checkName(name); err != nil {
+		// No domain exists to hold the reason: the daemon's log does.
+		d.logf("mkdir: %v", err)
 		return err
 	}
 	d.mu.Lock()
