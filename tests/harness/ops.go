@@ -1,0 +1,113 @@
+package harness
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// QMP opens a session on NAME/monitor/qmp, writes cmd (one JSON object)
+// and returns the first reply line; the read gives up after timeout.
+func (m *Mount) QMP(name, cmd string, timeout time.Duration) (string, error) {
+	f, err := os.OpenFile(m.Path(name, "monitor", "qmp"), os.O_RDWR, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(cmd + "\n"); err != nil {
+		return "", fmt.Errorf("write %s: %w (error: %s)", cmd, err, m.ErrorOf(name))
+	}
+	type result struct {
+		line string
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		l, err := bufio.NewReader(f).ReadString('\n')
+		ch <- result{strings.TrimSpace(l), err}
+	}()
+	select {
+	case r := <-ch:
+		return r.line, r.err
+	case <-time.After(timeout):
+		return "", fmt.Errorf("no reply to %s within %v", cmd, timeout)
+	}
+}
+
+// Send writes data to a stream file of the tree (console, monitor/hmp)
+// in one write(2), without truncating it.
+func (m *Mount) Send(data string, elem ...string) error {
+	f, err := os.OpenFile(m.Path(elem...), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, werr := f.WriteString(data)
+	cerr := f.Close()
+	if werr != nil {
+		return werr
+	}
+	return cerr
+}
+
+// Alive reports whether pid is a live (not zombie) process.
+func Alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses.
+	s := string(data)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+// RuntimeFiles lists what NAME leaves in the run and log directories
+// besides its log and console history: pid file, QMP socket, status file,
+// private directory.
+func (m *Mount) RuntimeFiles(name string) []string {
+	var found []string
+	for _, p := range []string{
+		filepath.Join(m.LogDir, name+".pid"),
+		filepath.Join(m.RunDir, name+".qmp"),
+		filepath.Join(m.RunDir, name+".status"),
+		filepath.Join(m.RunDir, name+".d"),
+	} {
+		if _, err := os.Lstat(p); err == nil {
+			found = append(found, p)
+		}
+	}
+	return found
+}
+
+// WaitPid waits until NAME/pid shows a pid other than old (0: any) and
+// returns it.
+func (m *Mount) WaitPid(name string, old int, timeout time.Duration) int {
+	m.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if p := m.Pid(name); p != 0 && p != old {
+			m.TrackPid(p)
+			return p
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("%s: no new pid (old %d) after %v; state %q, error: %s", name, old, timeout, m.State(name), m.ErrorOf(name))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// DaemonLog returns the daemon's own log (messages about the mount and
+// requests that have no domain to record them in).
+func (m *Mount) DaemonLog() string {
+	data, _ := os.ReadFile(m.Log)
+	return string(data)
+}
