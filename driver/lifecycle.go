@@ -165,6 +165,11 @@ func (d *Driver) Start(ctx context.Context, name string, o StartOptions) (err er
 }
 
 func (d *Driver) startLocked(ctx context.Context, dm *dom, o StartOptions) error {
+	// A start is bounded by its own timeouts and leaves nothing behind when
+	// it fails, so it is not abandoned when the caller is interrupted: the
+	// kernel sends FUSE an interrupt for any signal the writer handles
+	// (SIGCHLD in a shell, Go's runtime signals), not only for Ctrl-C.
+	ctx = context.WithoutCancel(ctx)
 	dm.op.Lock()
 	defer dm.op.Unlock()
 	dm.mu.Lock()
