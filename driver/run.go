@@ -49,6 +49,7 @@ type run struct {
 	fakeReboot  bool
 	rebootDone  chan struct{} // closed when a requested reboot completed
 	restart     bool          // start again after cleanup (on_* = restart)
+	rebootStop  bool          // the next STOP is the guest's power-off in a fake reboot
 	pauseReason string        // reason for the next STOP event
 	detaching   bool
 
@@ -123,7 +124,8 @@ func (r *run) handleEvent(ev monitor.Event) {
 		r.mu.Lock()
 		reason := r.pauseReason
 		r.pauseReason = ""
-		stopping := r.shutdown != nil || r.stopReason != ""
+		stopping := r.shutdown != nil || r.stopReason != "" || r.rebootStop
+		r.rebootStop = false
 		r.mu.Unlock()
 		if stopping {
 			return // a guest poweroff pauses QEMU (-no-shutdown) on its way out
@@ -156,10 +158,25 @@ func (r *run) onShutdown(s shutdownEvent) {
 	r.mu.Unlock()
 	if fake {
 		// ctl reboot: the guest shut down; reset and resume instead of
-		// letting it stop, as libvirt's fake reboot does.
+		// letting it stop, as libvirt's fake reboot does, and end running
+		// (booted). QEMU stopped the CPUs right after SHUTDOWN, so its STOP
+		// event is queued behind this one: it is no user pause.
+		if st, err := r.qmp.QueryStatus(); err == nil && !st.Running {
+			r.mu.Lock()
+			r.rebootStop = true
+			r.mu.Unlock()
+		}
 		err := r.qmp.SystemReset()
 		if err == nil {
 			err = r.qmp.Cont()
+		}
+		if err == nil {
+			r.dm.mu.Lock()
+			if r.dm.run == r {
+				r.dm.state, r.dm.reason = StateRunning, ReasonBooted
+			}
+			r.dm.mu.Unlock()
+			r.saveStatus()
 		}
 		r.mu.Lock()
 		r.fakeReboot = false
