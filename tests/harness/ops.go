@@ -2,10 +2,15 @@ package harness
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -110,4 +115,92 @@ func (m *Mount) WaitPid(name string, old int, timeout time.Duration) int {
 func (m *Mount) DaemonLog() string {
 	data, _ := os.ReadFile(m.Log)
 	return string(data)
+}
+
+// WaitStreamCount is WaitStream for the n-th line that contains want
+// (a guest's ready line after its n-th boot, say).
+func (m *Mount) WaitStreamCount(want string, n int, timeout time.Duration, elem ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, "grep", "-a", "-m", strconv.Itoa(n), "-F", "--", want, m.Path(elem...))
+	cmd.Stdout = &out
+	err := cmd.Run()
+	if got := strings.Count(out.String(), want); err != nil || got < n {
+		return out.String(), fmt.Errorf("%q seen %d times, not %d, in %s within %v: %v", want, got, n, strings.Join(elem, "/"), timeout, err)
+	}
+	return out.String(), nil
+}
+
+// WaitConsoleCount waits for the n-th line with want on NAME/console;
+// failure ends the test.
+func (m *Mount) WaitConsoleCount(name, want string, n int, timeout time.Duration) {
+	m.t.Helper()
+	if _, err := m.WaitStreamCount(want, n, timeout, name, "console"); err != nil {
+		m.t.Fatalf("%s: %v\nlog:\n%s", name, err, m.QEMULog(name))
+	}
+}
+
+// Follower reads a stream file in the background (a `cat` of it), from
+// the moment it was opened.
+type Follower struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	done chan struct{}
+}
+
+// Follow starts reading the stream file elem; stop it with Stop.
+func (m *Mount) Follow(elem ...string) *Follower {
+	m.t.Helper()
+	f := &Follower{cmd: exec.Command("cat", m.Path(elem...)), done: make(chan struct{})}
+	f.cmd.Stdout = f
+	if err := f.cmd.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	go func() { f.cmd.Wait(); close(f.done) }()
+	m.t.Cleanup(func() { f.Stop() })
+	return f
+}
+
+// Write collects what cat prints.
+func (f *Follower) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.buf.Write(p)
+}
+
+// String returns what was read so far.
+func (f *Follower) String() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.buf.String()
+}
+
+// Wait waits until want was read, or the stream ended, or timeout.
+func (f *Follower) Wait(want string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(f.String(), want) {
+		select {
+		case <-f.done:
+			return fmt.Errorf("stream ended without %q: %q", want, f.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%q not read within %v: %q", want, timeout, f.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// Stop kills the reader (by its pid) and returns what it read.
+func (f *Follower) Stop() string {
+	select {
+	case <-f.done:
+	default:
+		f.cmd.Process.Kill()
+		<-f.done
+	}
+	return f.String()
 }
