@@ -13,33 +13,33 @@ import (
 // LiveXML returns the definition the running QEMU was started with, with
 // runtime detail (ports, ptys, labels, taints); empty when not running.
 func (d *Driver) LiveXML(name string) ([]byte, error) {
-	dm, err := d.lookup(name)
-	if err != nil {
+	_, r, err := d.current(name)
+	if err != nil || r == nil {
 		return nil, err
-	}
-	dm.mu.Lock()
-	r := dm.run
-	dm.mu.Unlock()
-	if r == nil {
-		return nil, nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.liveXML, nil
 }
 
-// Pid returns QEMU's pid, 0 when not running.
-func (d *Driver) Pid(name string) (int, error) {
+// current returns the domain called name and its run (nil when shut off).
+func (d *Driver) current(name string) (*dom, *run, error) {
 	dm, err := d.lookup(name)
 	if err != nil {
-		return 0, err
+		return nil, nil, err
 	}
 	dm.mu.Lock()
 	defer dm.mu.Unlock()
-	if dm.run == nil {
-		return 0, nil
+	return dm, dm.run, nil
+}
+
+// Pid returns QEMU's pid, 0 when not running.
+func (d *Driver) Pid(name string) (int, error) {
+	_, r, err := d.current(name)
+	if err != nil || r == nil {
+		return 0, err
 	}
-	return dm.run.proc.Pid, nil
+	return r.proc.Pid, nil
 }
 
 // LogPath returns the path of the domain's log file.
@@ -88,13 +88,10 @@ func (d *Driver) NativeArgv(def *domain.Domain, name string) ([]byte, error) {
 // on; it ends when the domain stops. For a domain that is not running it
 // ends at once.
 func (d *Driver) QMPEvents(name string) (*stream.Reader, error) {
-	dm, err := d.lookup(name)
+	_, r, err := d.current(name)
 	if err != nil {
 		return nil, err
 	}
-	dm.mu.Lock()
-	r := dm.run
-	dm.mu.Unlock()
 	if r == nil {
 		l := stream.New(1, true)
 		l.Close()
