@@ -21,15 +21,24 @@ func (c *Capabilities) Lookup(arch, virtType, machine, emulator string) (*Emulat
 		accel = "tcg"
 	}
 	var arches []string
-	var ofArch []*Emulator
+	var ofArch, compatible []*Emulator
 	for _, e := range c.Emulators {
 		if e.Err != "" {
 			continue
 		}
 		arches = append(arches, e.Arch)
-		if e.Arch == arch && (emulator == "" || e.Path == emulator) {
-			ofArch = append(ofArch, e)
+		if emulator != "" && e.Path != emulator {
+			continue
 		}
+		if e.Arch == arch {
+			ofArch = append(ofArch, e)
+		} else if runsArch(e.Arch, arch) {
+			compatible = append(compatible, e)
+		}
+	}
+	if len(ofArch) == 0 {
+		// As libvirt: an x86_64 QEMU runs i686 guests, and so on.
+		ofArch = compatible
 	}
 	if len(ofArch) == 0 {
 		if emulator != "" {
@@ -129,6 +138,16 @@ func contains(s []string, x string) bool {
 		if y == x {
 			return true
 		}
+	}
+	return false
+}
+
+// runsArch reports whether an emulator of arch emu also runs guests of
+// arch guest, as libvirt's virQEMUCapsIsArchSupported says.
+func runsArch(emu, guest string) bool {
+	switch emu + ">" + guest {
+	case "x86_64>i686", "aarch64>armv7l", "armv7l>armv6l", "ppc64>ppc64le":
+		return true
 	}
 	return false
 }

@@ -24,6 +24,8 @@ func TestLookup(t *testing.T) {
 		{"x86_64", "qemu", "q35", "", "/usr/bin/qemu-system-x86_64", "pc-q35-7.2", ""},
 		{"x86_64", "qemu", "pc-q35-7.2", "/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-x86_64", "pc-q35-7.2", ""},
 		{"i686", "qemu", "pc", "", "/usr/bin/qemu-system-i386", "pc-i440fx-7.2", ""},
+		{"i686", "qemu", "pc", "/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-system-x86_64", "pc-i440fx-7.2", ""}, // as libvirt
+		{"x86_64", "qemu", "pc", "/usr/bin/qemu-system-i386", "", "", `no usable emulator /usr/bin/qemu-system-i386 for arch "x86_64"`},
 		{"x86_64", "kvm", "", "", "", "", `domain type "kvm" is not available for arch x86_64 on this host (available: qemu): the host has no usable KVM device (/dev/kvm)`},
 		{"x86_64", "hvf", "", "", "", "", `domain type "hvf" is not available for arch x86_64 on this host (available: qemu): HVF needs macOS`},
 		{"x86_64", "qemu", "virt", "", "", "", `machine "virt" is not supported by /usr/bin/qemu-system-x86_64 for arch x86_64 (available: pc, pc-i440fx-7.2, pc-q35-7.2, q35)`},
@@ -32,7 +34,7 @@ func TestLookup(t *testing.T) {
 		{"x86_64", "qemu", "", "/opt/qemu", "", "", `no usable emulator /opt/qemu for arch "x86_64"`},
 	}
 	for _, tt := range tests {
-		t.Run(tt.arch+"/"+tt.virt+"/"+tt.machine, func(t *testing.T) {
+		t.Run(tt.arch+"/"+tt.virt+"/"+tt.machine+"/"+tt.emu, func(t *testing.T) {
 			e, m, err := caps.Lookup(tt.arch, tt.virt, tt.machine, tt.emu)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
