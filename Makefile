@@ -54,8 +54,12 @@ check:
 test: deps build guest check
 	QEMUFS_BIN=$(CURDIR)/$(BIN) $(GO) test -timeout $(TEST_TIMEOUT) -p 2 ./...
 
+# make bench: qemufs against bare QEMU and libvirt's embedded driver (which
+# scripts/bench-deps.sh installs for the bench only). BENCH_FLAGS=-quick
+# for a short run; docs/performance.md has the numbers.
 bench: deps build guest
-	$(GO) run ./bench -qemufs $(CURDIR)/$(BIN)
+	@scripts/bench-deps.sh
+	$(GO) run ./bench -qemufs $(CURDIR)/$(BIN) $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin
