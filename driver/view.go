@@ -81,6 +81,9 @@ func (d *Driver) NativeArgv(def *domain.Domain, name string) ([]byte, error) {
 	if err != nil {
 		return nil, errorf(ErrInvalid, "argv %s: %w", name, err)
 	}
+	if d.sec != nil {
+		cmd.Args = append(cmd.Args, d.sec.Args()...) // as Prepare adds them at start
+	}
 	return []byte(cmd.String() + "\n"), nil
 }
 

@@ -509,3 +509,20 @@ func TestSession(t *testing.T) {
 		t.Errorf("session DAC label = %+v", rec.DAC)
 	}
 }
+
+// TestArgs: Args is what Prepare appends, so argv shows what runs.
+func TestArgs(t *testing.T) {
+	for _, sb := range []int{-1, 0, 1} {
+		s, err := New(Config{SeccompSandbox: sb, InstanceName: "session-0"}, Host{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := &procmgr.Spec{}
+		if _, err := s.Prepare(context.Background(), &Guest{Name: "a"}, spec); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(s.Args(), spec.Args) || (sb != 0) != (len(spec.Args) > 0) {
+			t.Errorf("seccomp_sandbox %d: Args() = %q, Prepare added %q", sb, s.Args(), spec.Args)
+		}
+	}
+}

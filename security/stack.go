@@ -191,6 +191,15 @@ func (s *Stack) Identity() dac.Identity { return s.id }
 // implied).
 func (s *Stack) Drivers() []string { return slices.Clone(s.models) }
 
+// Args are the QEMU arguments Prepare adds for every guest (the seccomp
+// sandbox), for command lines shown without starting (argv, to-native).
+func (s *Stack) Args() []string {
+	if s.seccomp {
+		return slices.Clone(SeccompArgs)
+	}
+	return nil
+}
+
 // Cgroups reports the cgroup hierarchy in use and its controllers (None
 // when the stack makes no cgroups).
 func (s *Stack) Cgroups() (cgroup.Version, []string) {
