@@ -26,6 +26,7 @@ var (
 	_ fs.NodeGetattrer = (*domainDir)(nil)
 	_ fs.NodeCreater   = (*domainDir)(nil)
 	_ fs.NodeUnlinker  = (*domainDir)(nil)
+	_ fs.NodeOpendirer = (*domainDir)(nil)
 )
 
 // OnAdd creates the domain's files.
@@ -91,6 +92,10 @@ func line(s string, err error) ([]byte, error) {
 func (dd *domainDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	dd.root.attr(&out.Attr, syscall.S_IFDIR|dd.root.cfg.Access.mode(0o775))
 	return 0
+}
+
+func (dd *domainDir) Opendir(ctx context.Context) syscall.Errno {
+	return dd.root.cfg.Access.allow(ctx, 0o775, 4)
 }
 
 // Create refuses new files: a domain directory has a fixed set.

@@ -97,6 +97,21 @@ func TestAccess(t *testing.T) {
 			}
 		})
 	}
+	for _, tt := range []struct {
+		name string
+		a    Access
+		ctx  context.Context
+		want syscall.Errno
+	}{
+		{"other lists", system, caller(1002, 1002), 0},
+		{"read group lists", withReaders, caller(1003, 60), 0},
+		{"others cannot list with a read group", withReaders, caller(1002, 1002), syscall.EACCES},
+	} {
+		r := NewRoot(&Config{Access: tt.a})
+		if got := r.Opendir(tt.ctx); got != tt.want {
+			t.Errorf("%s: Opendir = %v, want %v", tt.name, got, tt.want)
+		}
+	}
 	if m := session.mode(0o664); m != 0o600 {
 		t.Errorf("session mode %o, want 600", m)
 	}

@@ -25,7 +25,8 @@ type Access struct {
 	// AdminGID may read and write (root always may); -1 for none.
 	AdminGID int
 	// ReadGID may only read; -1 for none. When it is set, others get no
-	// access at all.
+	// access at all: no file opens, no directory listings (a name they
+	// already know still answers stat).
 	ReadGID int
 }
 

@@ -55,6 +55,7 @@ var (
 	_ fs.NodeCreater   = (*Root)(nil)
 	_ fs.NodeUnlinker  = (*Root)(nil)
 	_ fs.NodeRenamer   = (*Root)(nil)
+	_ fs.NodeOpendirer = (*Root)(nil)
 )
 
 // NewRoot returns the root node of a qemufs tree.
@@ -133,6 +134,12 @@ func fillEntry(ctx context.Context, ch *fs.Inode, out *fuse.EntryOut) {
 	out.SetEntryTimeout(entryTimeout)
 }
 
+// Opendir lets those who may read the directory list it: with a read
+// group, others may not.
+func (r *Root) Opendir(ctx context.Context) syscall.Errno {
+	return r.cfg.Access.allow(ctx, 0o775, 4)
+}
+
 // Readdir lists the static files and every domain.
 func (r *Root) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	var entries []fuse.DirEntry
@@ -204,7 +211,14 @@ type dirNode struct {
 	perm uint32
 }
 
-var _ fs.NodeGetattrer = (*dirNode)(nil)
+var (
+	_ fs.NodeGetattrer = (*dirNode)(nil)
+	_ fs.NodeOpendirer = (*dirNode)(nil)
+)
+
+func (d *dirNode) Opendir(ctx context.Context) syscall.Errno {
+	return d.root.cfg.Access.allow(ctx, d.perm, 4)
+}
 
 func (d *dirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.root.attr(&out.Attr, syscall.S_IFDIR|d.root.cfg.Access.mode(d.perm))
