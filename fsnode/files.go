@@ -91,6 +91,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	return h, ff, 0
 }
 
+// snapshotFlags: content made at open, so no page cache; and no FLUSH
+// request at close(2) (there is nothing to flush), which saves a round
+// trip to the daemon on every `cat state`.
+const snapshotFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH
+
 // snapshot returns an opener that makes the content once per open.
 func snapshot(content func(ctx context.Context) ([]byte, error)) opener {
 	return func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
@@ -98,7 +103,7 @@ func snapshot(content func(ctx context.Context) ([]byte, error)) opener {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &bytesHandle{data: b}, fuse.FOPEN_DIRECT_IO, nil
+		return &bytesHandle{data: b}, snapshotFlags, nil
 	}
 }
 

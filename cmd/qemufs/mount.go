@@ -187,6 +187,7 @@ func daemonize(o mountOptions, args []string) error {
 // serve mounts the instance and serves it until it is unmounted.
 func serve(o mountOptions, notify func(string)) error {
 	logger := log.New(os.Stderr, "qemufs: ", log.LstdFlags|log.Lmsgprefix)
+	servePprof(logger)
 	inst, err := openInstance(o)
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)
