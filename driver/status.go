@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qmp/raw"
+
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/procmgr"
 	"github.com/qemufs/qemufs/security"
@@ -145,10 +147,22 @@ func (d *Driver) reattach(name, path string) error {
 		return err
 	}
 	state, reason := StateRunning, st.Reason
+	var missed func() // an action the dead daemon did not take
 	if s, err := r.qmp.QueryStatus(); err == nil && !s.Running {
 		state = StatePaused
 		if st.State != StatePaused {
 			reason = ReasonUnknown
+		}
+		// -no-shutdown leaves a guest that powered off (or panicked)
+		// unseen in QEMU, stopped: honour on_poweroff/on_crash now, as
+		// libvirt does when it reconnects.
+		switch {
+		case s.Status == raw.RunStateShutdown && !(st.State == StatePaused && st.Reason == ReasonShutdown):
+			missed = func() { r.onShutdown(shutdownEvent{Guest: true, Reason: "guest-shutdown"}) }
+		case s.Status == raw.RunStateGuestPanicked && st.State != StateCrashed:
+			missed = r.onPanic
+		case s.Status == raw.RunStateGuestPanicked:
+			state, reason = StateCrashed, ReasonPanicked
 		}
 	} else if st.State != StateRunning {
 		reason = ReasonUnknown
@@ -166,6 +180,10 @@ func (d *Driver) reattach(name, path string) error {
 	dm.mu.Unlock()
 	d.wg.Add(1)
 	go r.supervise()
+	if missed != nil {
+		d.appendLog(r.files.Log, "the guest stopped while qemufs was not running")
+		missed()
+	}
 	if r.autodestroy {
 		// The mount it was tied to has ended.
 		dm.op.Lock()
