@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,4 +103,83 @@ func TestReattachDead(t *testing.T) {
 	m.MustCtl("g", "start")
 	m.WaitConsole("g", g.ReadyLine, boot)
 	m.MustCtl("g", "destroy")
+}
+
+// TestReattachPaused: a guest paused by the user is still paused (user)
+// after the daemon was killed and mounted again, and resumes.
+func TestReattachPaused(t *testing.T) {
+	t.Parallel()
+	m := harness.Start(t, harness.Options{})
+	g := harness.Guest(t)
+	m.Define("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
+	m.MustCtl("g", "start --paused")
+	pid := m.Pid("g")
+	m.KillDaemon()
+	if err := m.Mount(); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.State("g"); got != "paused (user)" {
+		t.Errorf("state after re-attach = %q", got)
+	}
+	m.MustCtl("g", "resume")
+	m.WaitConsole("g", g.ReadyLine, boot)
+	if got := m.Pid("g"); got != pid {
+		t.Errorf("pid %d, was %d", got, pid)
+	}
+	m.MustCtl("g", "destroy")
+}
+
+// TestReattachStoppedUnseen: a guest that powered off or panicked while
+// no daemon ran is left by QEMU stopped (-no-shutdown, -action
+// panic=pause); the next daemon honours on_poweroff / on_crash, as libvirt
+// does when it reconnects.
+func TestReattachStoppedUnseen(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		action  guest.Action
+		extra   string // devices
+		elems   string // actions
+		qemu    string // QEMU's run state once the guest acted
+		state   string
+		running bool // QEMU kept
+	}{
+		{"poweroff", guest.ActionPoweroff, "", "", "shutdown", "shut off (shutdown)", false},
+		{"panic-preserve", guest.ActionPanic, panicDevice, "<on_crash>preserve</on_crash>", "guest-panicked", "crashed (panicked)", true},
+		{"panic-destroy", guest.ActionPanic, panicDevice, "<on_crash>destroy</on_crash>", "guest-panicked", "shut off (crashed)", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m := harness.Start(t, harness.Options{})
+			m.Define("g", withActions(harness.GuestXML(t, "g", tc.action, tc.extra), tc.elems))
+			m.MustCtl("g", "start")
+			pid := m.Pid("g")
+			m.KillDaemon()
+			sock := filepath.Join(m.RunDir, "g.qmp")
+			deadline := time.Now().Add(boot)
+			for {
+				reply, err := harness.QMPSocket(sock, `{"execute":"query-status"}`, 10*time.Second)
+				if err == nil && strings.Contains(reply, `"`+tc.qemu+`"`) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("guest not in %s after %v: %q, %v", tc.qemu, boot, reply, err)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if err := m.Mount(); err != nil {
+				t.Fatal(err)
+			}
+			m.WaitState("g", tc.state, boot)
+			if harness.Alive(pid) != tc.running {
+				t.Errorf("QEMU %d alive: %v, want %v", pid, harness.Alive(pid), tc.running)
+			}
+			if !tc.running {
+				if left := m.RuntimeFiles("g"); len(left) > 0 {
+					t.Errorf("left behind: %v", left)
+				}
+			}
+		})
+	}
 }

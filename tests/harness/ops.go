@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -203,4 +204,38 @@ func (f *Follower) Stop() string {
 		<-f.done
 	}
 	return f.String()
+}
+
+// QMPSocket runs one QMP command on a QEMU's own monitor socket, as a
+// client of QEMU (possible only while no daemon is connected), and returns
+// the reply line.
+func QMPSocket(path, cmd string, timeout time.Duration) (string, error) {
+	conn, err := net.DialTimeout("unix", path, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	rd := bufio.NewReader(conn)
+	if _, err := rd.ReadString('\n'); err != nil { // greeting
+		return "", fmt.Errorf("QMP greeting: %w", err)
+	}
+	for _, c := range []string{`{"execute":"qmp_capabilities"}`, cmd} {
+		if _, err := conn.Write([]byte(c + "\n")); err != nil {
+			return "", err
+		}
+		for {
+			l, err := rd.ReadString('\n')
+			if err != nil {
+				return "", fmt.Errorf("QMP %s: %w", c, err)
+			}
+			if !strings.Contains(l, `"event"`) {
+				if c == cmd {
+					return strings.TrimSpace(l), nil
+				}
+				break
+			}
+		}
+	}
+	return "", nil
 }
