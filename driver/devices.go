@@ -57,6 +57,18 @@ func vncAutoport(def *domain.Domain) (port int, auto bool) {
 	return 0, false
 }
 
+// spiceAutoport reports whether the first SPICE display needs a port
+// chosen by qemufs (port -1 or autoport='yes'), as libvirt allocates it
+// from the same range as VNC's.
+func spiceAutoport(def *domain.Domain) bool {
+	for _, g := range def.Graphics() {
+		if g.Type == "spice" {
+			return g.Socket == "" && (g.AutoPort || g.Port < 0)
+		}
+	}
+	return false
+}
+
 // hasDisplay reports whether the guest has a display QEMU can dump: a
 // video device other than type none, or graphics.
 func hasDisplay(def *domain.Domain) bool {

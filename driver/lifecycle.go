@@ -248,6 +248,14 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	} else {
 		r.vncPort = port
 	}
+	if spiceAutoport(r.live) {
+		p, err := d.ports.Get(d.conf.SpiceListen)
+		if err != nil {
+			return errorf(ErrIO, "start %s: SPICE: %w", name, err)
+		}
+		r.spicePort = p
+		undo = append(undo, func() { d.ports.Release(p) })
+	}
 
 	cmd, err := domain.BuildCommand(r.live, commandOptions(d, r, emu, 3))
 	if err != nil {

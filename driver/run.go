@@ -34,6 +34,7 @@ type run struct {
 	files   runFiles
 
 	vncPort     int
+	spicePort   int // an autoport SPICE display's port
 	autodestroy bool
 
 	qmpEvents *stream.Log
@@ -323,6 +324,9 @@ func (r *run) cleanup() {
 	}
 	if r.vncPort > 0 {
 		d.ports.Release(r.vncPort)
+	}
+	if r.spicePort > 0 {
+		d.ports.Release(r.spicePort)
 	}
 	for _, p := range []string{r.files.Status, r.files.QMP, r.files.PidFile} {
 		os.Remove(p)

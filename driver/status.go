@@ -27,6 +27,7 @@ type status struct {
 	State       State            `json:"state"`
 	Reason      string           `json:"reason"`
 	VNCPort     int              `json:"vnc_port,omitempty"`
+	SpicePort   int              `json:"spice_port,omitempty"`
 	Console     consoleSource    `json:"console"`
 	Autodestroy bool             `json:"autodestroy,omitempty"`
 	Security    *security.Record `json:"security,omitempty"`
@@ -43,7 +44,7 @@ func (r *run) saveStatus() error {
 	r.dm.mu.Unlock()
 	r.mu.Lock()
 	st.Pid, st.StartTime = r.proc.Pid, r.proc.StartTime
-	st.VNCPort = r.vncPort
+	st.VNCPort, st.SpicePort = r.vncPort, r.spicePort
 	st.Autodestroy = r.autodestroy
 	st.Security = r.sec
 	st.Live = string(r.liveXML)
@@ -105,7 +106,7 @@ func (d *Driver) reattach(name, path string) error {
 
 	r := newRun(d, dm)
 	r.live, r.liveXML = live, []byte(st.Live)
-	r.vncPort = st.VNCPort
+	r.vncPort, r.spicePort = st.VNCPort, st.SpicePort
 	r.autodestroy = st.Autodestroy
 	r.sec = st.Security
 	for _, t := range st.Taints {
@@ -133,6 +134,9 @@ func (d *Driver) reattach(name, path string) error {
 	}
 	if r.vncPort > 0 {
 		d.ports.Reserve(r.vncPort)
+	}
+	if r.spicePort > 0 {
+		d.ports.Reserve(r.spicePort)
 	}
 	go r.handleEvents()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

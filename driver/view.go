@@ -145,6 +145,7 @@ func commandOptions(d *Driver, r *run, emu *capabilities.Emulator, qmpFD int) do
 		DomainDir:   r.files.DomDir,
 		LibDir:      home,
 		VNCPort:     r.vncPort,
+		SpicePort:   r.spicePort,
 		VNCListen:   d.conf.VNCListen,
 		SpiceListen: d.conf.SpiceListen,
 		Home:        home,
@@ -158,6 +159,9 @@ func (r *run) refreshLive() {
 	live := r.live
 	if r.vncPort > 0 {
 		live.SetGraphicsPort("vnc", r.vncPort)
+	}
+	if r.spicePort > 0 {
+		live.SetGraphicsPort("spice", r.spicePort)
 	}
 	if r.sec != nil {
 		var labels []domain.SecLabel
