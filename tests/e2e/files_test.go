@@ -80,3 +80,41 @@ func TestRuntimeFiles(t *testing.T) {
 		t.Errorf("left behind: %v", left)
 	}
 }
+
+// TestGraphicsAutoport starts VNC and SPICE displays with autoport side by
+// side: each gets its own port from qemu.conf's range, shown in live.xml.
+func TestGraphicsAutoport(t *testing.T) {
+	t.Parallel()
+	// A range of its own: other tests' instances probe the default one.
+	m := harness.Start(t, harness.Options{QEMUConf: "remote_display_port_min = 5990\nremote_display_port_max = 5999\n"})
+	seen := map[string]string{}
+	for _, d := range []struct{ name, graphics string }{
+		{"vnc", "<graphics type='vnc' port='-1'/>"},
+		{"spice1", "<graphics type='spice' autoport='yes'/>"},
+		{"spice2", "<graphics type='spice' port='-1'/>"},
+	} {
+		m.Define(d.name, harness.GuestXML(t, d.name, guest.ActionNone, "    "+d.graphics))
+		m.MustCtl(d.name, "start --paused")
+		live := m.Read(d.name, "live.xml")
+		port := regexp.MustCompile(`<graphics type='\w+'[^>]* port='(599\d)'`).FindStringSubmatch(live)
+		if port == nil {
+			t.Errorf("%s: live.xml lacks a port in 5990..5999:\n%s", d.name, live)
+			continue
+		}
+		if other, ok := seen[port[1]]; ok {
+			t.Errorf("%s and %s both got port %s", other, d.name, port[1])
+		}
+		seen[port[1]] = d.name
+	}
+	for _, n := range []string{"vnc", "spice1", "spice2"} {
+		if got := m.State(n); got != "paused (user)" {
+			t.Errorf("%s: state %q", n, got)
+		}
+	}
+	// A port is free again once its guest stops.
+	m.MustCtl("spice1", "destroy")
+	m.MustCtl("spice1", "start --paused")
+	for _, n := range []string{"vnc", "spice1", "spice2"} {
+		m.MustCtl(n, "destroy")
+	}
+}
