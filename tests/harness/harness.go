@@ -375,6 +375,7 @@ func (m *Mount) cleanup() {
 			WaitKill(pid, syscall.SIGKILL)
 		}
 	}
+	m.removeCgroups()
 	if m.t.Failed() {
 		m.t.Logf("daemon log (%s):\n%s", m.Log, m.tail())
 	}
