@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/qemufs/qemufs/procmgr"
 	"github.com/qemufs/qemufs/security/cgroup"
@@ -70,11 +73,19 @@ func procStatus(t *testing.T, pid int) map[string]string {
 	return m
 }
 
-// launch starts QEMU the way procmgr's helper does (joins the cgroups,
-// takes the credential, then execs), with a listening QMP socket passed
-// as fd 3 so no waiting for a socket file is needed. Until procmgr's
-// helper exists, setpriv stands in for the credential change.
-func launch(t *testing.T, spec *procmgr.Spec) (*exec.Cmd, *qmp) {
+// TestMain lets procmgr re-execute this test binary as its exec helper.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == procmgr.HelperArg {
+		procmgr.RunHelper()
+	}
+	os.Exit(m.Run())
+}
+
+// launch starts QEMU from spec with procmgr.Start, as the driver does
+// (cgroups joined, mount namespace made, credential taken, then exec),
+// with a listening QMP socket passed as fd 3 so no waiting for a socket
+// file is needed. QEMU is killed when the test ends.
+func launch(t *testing.T, spec *procmgr.Spec) (*procmgr.Process, *qmp) {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qmp.sock")
@@ -89,38 +100,28 @@ func launch(t *testing.T, spec *procmgr.Spec) (*exec.Cmd, *qmp) {
 	}
 	ln.Close()
 	defer lf.Close()
-	var script strings.Builder
-	for _, p := range spec.CgroupProcs {
-		fmt.Fprintf(&script, "echo $$ > %q || exit 99; ", p)
-	}
-	argv := append([]string{spec.Path}, spec.Args...)
-	argv = append(argv, "-chardev", "socket,id=mon,fd=3,server=on,wait=off", "-mon", "chardev=mon,mode=control")
-	if c := spec.Credential; c != nil {
-		var groups []string
-		for _, g := range c.Groups {
-			groups = append(groups, fmt.Sprint(g))
-		}
-		gopt := "--clear-groups"
-		if len(groups) > 0 {
-			gopt = "--groups=" + strings.Join(groups, ",")
-		}
-		argv = append([]string{"setpriv", fmt.Sprintf("--reuid=%d", c.UID), fmt.Sprintf("--regid=%d", c.GID), gopt, "--"}, argv...)
-	}
-	script.WriteString(`exec "$@"`)
-	cmd := exec.Command("/bin/sh", append([]string{"-c", script.String(), "sh"}, argv...)...)
-	cmd.ExtraFiles = []*os.File{lf}
-	var log strings.Builder
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
+	sp := *spec
+	sp.Name = "test"
+	sp.Args = append(slices.Clone(spec.Args), "-chardev", "socket,id=mon,fd=3,server=on,wait=off", "-mon", "chardev=mon,mode=control")
+	sp.LogPath = filepath.Join(dir, "qemu.log")
+	sp.ExtraFiles = []*os.File{lf}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, err := procmgr.Start(ctx, sp)
+	if err != nil {
 		t.Fatal(err)
 	}
+	qemuLog := func() string { b, _ := os.ReadFile(sp.LogPath); return string(b) }
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
+		select {
+		case <-p.Done():
+		default:
+			p.Kill()
+			<-p.Done()
 		}
+		p.Cleanup()
 		if t.Failed() {
-			t.Logf("qemu output: %s", log.String())
+			t.Logf("qemu output: %s", qemuLog())
 		}
 	})
 	c, err := net.Dial("unix", sock)
@@ -131,9 +132,34 @@ func launch(t *testing.T, spec *procmgr.Spec) (*exec.Cmd, *qmp) {
 	q := &qmp{c: c, r: bufio.NewReader(c)}
 	q.read(t) // greeting
 	if r := q.do(t, "qmp_capabilities", nil); r["return"] == nil {
-		t.Fatalf("qmp_capabilities: %v (qemu: %s)", r, log.String())
+		t.Fatalf("qmp_capabilities: %v (qemu: %s)", r, qemuLog())
 	}
-	return cmd, q
+	return p, q
+}
+
+// devMount returns the filesystem type of the mount /dev shows in
+// process pid (the last mounted on it), and whether a FUSE mount is seen.
+func devMount(t *testing.T, pid int) (string, bool) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, fuse := "", false
+	for _, l := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 {
+			continue
+		}
+		if f[4] == "/dev" {
+			dev = g[0]
+		}
+		if strings.HasPrefix(g[0], "fuse.qemufs") {
+			fuse = true
+		}
+	}
+	return dev, fuse
 }
 
 func requireQEMU(t *testing.T) string {
@@ -141,9 +167,6 @@ func requireQEMU(t *testing.T) string {
 	p, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		t.Skip("qemu-system-x86_64 not installed")
-	}
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv not installed")
 	}
 	return p
 }
@@ -169,11 +192,17 @@ func TestRealQEMU(t *testing.T) {
 		t.Run(c.user, func(t *testing.T) {
 			loop := sectest.Loop(t, dir)
 			outside := sectest.Loop(t, dir)
-			// Open to everyone by mode, so that only the cgroup can refuse it.
-			if fi, err := os.Stat(outside); err == nil {
-				os.Chmod(outside, 0o666)
-				t.Cleanup(func() { os.Chmod(outside, fi.Mode().Perm()) })
+			// A node for it outside /dev (QEMU's private /dev lacks it),
+			// open to everyone by mode: only the cgroup can refuse it.
+			alias := filepath.Join(dir, "outside-"+c.user)
+			var ost unix.Stat_t
+			if err := unix.Stat(outside, &ost); err != nil {
+				t.Fatal(err)
 			}
+			if err := unix.Mknod(alias, unix.S_IFBLK|0o666, int(ost.Rdev)); err != nil {
+				t.Fatal(err)
+			}
+			os.Chmod(alias, 0o666)
 			img := mkfile(t, dir, "disk-"+c.user+".img", 0o600)
 			os.Truncate(img, 1<<20)
 			before := snapshot(t, loop, img)
@@ -202,8 +231,8 @@ func TestRealQEMU(t *testing.T) {
 					s.Restore(context.Background(), rec)
 				}
 			})
-			cmd, q := launch(t, spec)
-			pid := cmd.Process.Pid
+			p, q := launch(t, spec)
+			pid := p.Pid
 			st := procStatus(t, pid)
 			if !strings.HasPrefix(st["Uid"], c.uid+"\t") {
 				t.Errorf("Uid = %q, want %s", st["Uid"], c.uid)
@@ -218,18 +247,26 @@ func TestRealQEMU(t *testing.T) {
 			if !strings.Contains(string(cg), "devices:/") || !strings.Contains(string(cg), "/qemufs-"+cfg.InstanceName+"/real-"+c.user+".qemu") {
 				t.Errorf("/proc/%d/cgroup:\n%s", pid, cg)
 			}
+			if dev, fuse := devMount(t, pid); dev != "tmpfs" || fuse {
+				t.Errorf("QEMU's /dev is %q (want its own tmpfs), a qemufs mount seen: %v", dev, fuse)
+			}
+			root := fmt.Sprintf("/proc/%d/root", pid)
+			if !fileExists(root+loop) || fileExists(root+outside) {
+				t.Errorf("QEMU's /dev: %s present %v (want true), %s present %v (want false)",
+					loop, fileExists(root+loop), outside, fileExists(root+outside))
+			}
 			if c.capZero {
 				if o := owner(t, img); o.UID != 65534 {
 					t.Errorf("image owner while running: %+v", o)
 				}
 			}
 			// The device ACL holds even for root QEMU with every capability.
-			r := q.do(t, "blockdev-add", map[string]any{"driver": "host_device", "filename": outside, "node-name": "x"})
+			r := q.do(t, "blockdev-add", map[string]any{"driver": "host_device", "filename": alias, "node-name": "x"})
 			if e, _ := r["error"].(map[string]any); e == nil || !strings.Contains(fmt.Sprint(e["desc"]), "Operation not permitted") {
-				t.Errorf("opening %s outside the ACL: %v", outside, r)
+				t.Errorf("opening %s (%s) outside the ACL: %v", alias, outside, r)
 			}
 			q.do(t, "quit", nil)
-			cmd.Wait()
+			<-p.Done()
 			restored = true
 			if err := s.Restore(context.Background(), rec); err != nil {
 				t.Fatal(err)
@@ -265,10 +302,10 @@ func TestSeccompOff(t *testing.T) {
 	if len(rec.Args) != 0 || spec.MountNS != nil || spec.Credential != nil {
 		t.Errorf("record %+v, spec %+v", rec, spec)
 	}
-	cmd, q := launch(t, spec)
-	if st := procStatus(t, cmd.Process.Pid); st["Seccomp"] != "0" {
+	p, q := launch(t, spec)
+	if st := procStatus(t, p.Pid); st["Seccomp"] != "0" {
 		t.Errorf("Seccomp = %s, want 0", st["Seccomp"])
 	}
 	q.do(t, "quit", nil)
-	cmd.Wait()
+	<-p.Done()
 }
