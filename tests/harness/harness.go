@@ -6,6 +6,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -411,23 +412,9 @@ func Guest(t testing.TB) *guest.Guest {
 			guestErr = err
 			return
 		}
-		pub, err := os.MkdirTemp("/tmp", "qfs-guest-")
-		if err != nil {
+		if err := publishGuest(g); err != nil {
 			guestErr = err
 			return
-		}
-		os.Chmod(pub, 0o755)
-		for _, f := range []*string{&g.Kernel, &g.Initrd} {
-			dst := filepath.Join(pub, filepath.Base(*f))
-			data, err := os.ReadFile(*f)
-			if err == nil {
-				err = os.WriteFile(dst, data, 0o644)
-			}
-			if err != nil {
-				guestErr = err
-				return
-			}
-			*f = dst
 		}
 		guestVal = g
 	})
@@ -474,4 +461,55 @@ func (m *Mount) Exists(name string) bool {
 		}
 	}
 	return false
+}
+
+// publishGuest copies the guest's kernel and initrd where QEMU's user can
+// read them, and points g at the copies. The directory is named by their
+// content and shared by every test process, so runs do not pile up copies
+// in /tmp; files are written to a temporary name and renamed, as other
+// test processes may publish the same guest at once.
+func publishGuest(g *guest.Guest) error {
+	h := sha256.New()
+	var data [2][]byte
+	for i, f := range []string{g.Kernel, g.Initrd} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		data[i] = b
+		h.Write(b)
+	}
+	pub := fmt.Sprintf("/tmp/qfs-guest-%x", h.Sum(nil)[:8])
+	if err := os.Mkdir(pub, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	if fi, err := os.Stat(pub); err != nil || !fi.IsDir() || fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("%s is not a directory of ours", pub)
+	}
+	os.Chmod(pub, 0o755)
+	for i, f := range []*string{&g.Kernel, &g.Initrd} {
+		dst := filepath.Join(pub, filepath.Base(*f))
+		if cur, err := os.ReadFile(dst); err != nil || !bytes.Equal(cur, data[i]) {
+			tmp, err := os.CreateTemp(pub, ".tmp-")
+			if err != nil {
+				return err
+			}
+			_, err = tmp.Write(data[i])
+			if cerr := tmp.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil {
+				err = os.Chmod(tmp.Name(), 0o644)
+			}
+			if err == nil {
+				err = os.Rename(tmp.Name(), dst)
+			}
+			if err != nil {
+				os.Remove(tmp.Name())
+				return err
+			}
+		}
+		*f = dst
+	}
+	return nil
 }
