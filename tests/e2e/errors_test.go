@@ -58,6 +58,17 @@ func TestErrors(t *testing.T) {
 			x := harness.GuestXML(t, "h", guest.ActionNone, "")
 			return m.Write(strings.Replace(x, "<name>h</name>", "<name>h</name>\n  <uuid>"+uuidG[1]+"</uuid>", 1), "h", "config.xml")
 		}, syscall.EEXIST, uuidG[1]},
+		{"duplicate UUID, new domain", "u", func() error {
+			if err := os.Mkdir(m.Path("u"), 0o755); err != nil {
+				return err
+			}
+			x := harness.GuestXML(t, "u", guest.ActionNone, "")
+			err := m.Write(strings.Replace(x, "<name>u</name>", "<name>u</name>\n  <uuid>"+uuidG[1]+"</uuid>", 1), "u", "config.xml")
+			if c, st := m.Read("u", "config.xml"), m.State("u"); c != "" || st != "undefined" {
+				t.Errorf("u after a refused definition: state %q, config.xml:\n%s", st, c)
+			}
+			return err
+		}, syscall.EEXIST, uuidG[1]},
 		{"unknown ctl command", "g", func() error { return m.Write("frobnicate\n", "g", "ctl") }, syscall.EINVAL, `unknown command "frobnicate"`},
 		{"bad ctl argument", "g", func() error { return m.Write("start --fast\n", "g", "ctl") }, syscall.EINVAL, "--fast"},
 		{"start running", "g", func() error { return m.Write("start\n", "g", "ctl") }, syscall.EBUSY, "already running"},
