@@ -12,9 +12,9 @@ import (
 	"github.com/qemufs/qemufs/tests/harness"
 )
 
-// echo makes the guest's shell print hello-N on its console and waits for
+// echoOnConsole makes the guest's shell print hello-N on its console and waits for
 // it. The quotes keep the shell's echo of the typed line from matching.
-func echo(t *testing.T, m *harness.Mount, name string, n int) {
+func echoOnConsole(t *testing.T, m *harness.Mount, name string, n int) {
 	t.Helper()
 	if err := m.Send(fmt.Sprintf("echo hel''lo-%d\n", n), name, "console"); err != nil {
 		t.Fatalf("write console: %v (error: %s)", err, m.ErrorOf(name))
@@ -32,7 +32,7 @@ func TestReattach(t *testing.T) {
 	m.Define("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
 	m.MustCtl("g", "start")
 	m.WaitConsole("g", g.ReadyLine, boot)
-	echo(t, m, "g", 1)
+	echoOnConsole(t, m, "g", 1)
 	pid := m.Pid("g")
 
 	m.KillDaemon()
@@ -52,7 +52,7 @@ func TestReattach(t *testing.T) {
 	if err != nil || !strings.Contains(reply, `"running"`) {
 		t.Errorf("query-status after re-attach: %q, %v", reply, err)
 	}
-	echo(t, m, "g", 2)
+	echoOnConsole(t, m, "g", 2)
 	if !strings.Contains(m.QEMULog("g"), "re-attached") {
 		t.Errorf("log does not record the re-attach:\n%s", m.QEMULog("g"))
 	}
