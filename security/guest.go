@@ -25,7 +25,8 @@ type Guest struct {
 	Reads []string
 	// Writes are existing files QEMU writes: nvram, TPM state...
 	Writes []string
-	// Dirs are per-guest directories QEMU creates files in.
+	// Dirs are the guest's own directories (qemufs made them) that QEMU
+	// creates files in: given to QEMU whatever dynamic_ownership says.
 	Dirs []string
 	// Sockets are files QEMU creates itself (QMP and chardev sockets):
 	// AppArmor must allow them; their directories must be reachable.

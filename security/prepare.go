@@ -28,6 +28,10 @@ type file struct {
 	dir       bool
 	block     bool
 	noRelabel []string
+	// own marks the guest's directories, which qemufs made: QEMU's
+	// whatever dynamic_ownership and relabel say, as libvirt's
+	// per-domain directories are.
+	own bool
 }
 
 func (f file) need() dac.Access {
@@ -119,12 +123,10 @@ func (s *Stack) Prepare(ctx context.Context, g *Guest, spec *procmgr.Spec) (rec 
 			exec = &procmgr.ExecLabel{Model: lsm.SELinux, Value: l.Process}
 		}
 	}
-	if s.chown && dacLabel.Relabel {
-		for _, f := range files {
-			if !hasModel(f.noRelabel, "dac") {
-				if err := s.grant(rec, id, f); err != nil {
-					return rec, errf(g, "%v", err)
-				}
+	for _, f := range files {
+		if s.manages(id, dacLabel.Relabel, f) {
+			if err := s.grant(rec, id, f); err != nil {
+				return rec, errf(g, "%v", err)
 			}
 		}
 	}
@@ -305,7 +307,7 @@ func (s *Stack) resolve(g *Guest) ([]file, error) {
 		}
 	}
 	for _, p := range g.Dirs {
-		if err := add(p, "directory", file{grant: dac.Exclusive, kind: selinux.Exclusive, dir: true}); err != nil {
+		if err := add(p, "directory", file{grant: dac.Exclusive, kind: selinux.Exclusive, dir: true, own: true}); err != nil {
 			return nil, err
 		}
 	}
@@ -337,7 +339,7 @@ func (s *Stack) checkAccess(g *Guest, id dac.Identity, relabel bool, files []fil
 				return errf(g, "%s %v", f.what, err)
 			}
 		}
-		if !(s.chown && relabel && !hasModel(f.noRelabel, "dac")) {
+		if !s.manages(id, relabel, f) {
 			o, _, err := dac.Stat(f.path)
 			if err != nil {
 				return errf(g, "%s %s: %v", f.what, f.given, err)
@@ -370,12 +372,21 @@ func (s *Stack) checkAccess(g *Guest, id dac.Identity, relabel bool, files []fil
 	return nil
 }
 
-// managed reports whether dir is one of the guest's directories that
-// Prepare gives to QEMU.
-func (s *Stack) managed(g *Guest, dir string) bool {
-	if !s.chown {
-		return false
+// manages reports whether Prepare gives f to QEMU's identity id: the
+// guest's own directories always (in a privileged instance with a
+// non-root QEMU), other files with dynamic ownership on unless the
+// domain or the disk says relabel='no'.
+func (s *Stack) manages(id dac.Identity, relabel bool, f file) bool {
+	if f.own {
+		return s.cfg.Privileged && !id.IsRoot()
 	}
+	return s.chown && relabel && !hasModel(f.noRelabel, "dac")
+}
+
+// managed reports whether dir is one of the guest's directories, which
+// Prepare gives to QEMU (checkAccess calls it for a non-root QEMU of a
+// privileged instance only).
+func (s *Stack) managed(g *Guest, dir string) bool {
 	for _, d := range g.Dirs {
 		if filepath.Clean(d) == dir {
 			return true

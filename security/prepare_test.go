@@ -247,6 +247,53 @@ func TestPrepareErrorsLeaveNothing(t *testing.T) {
 	}
 }
 
+// TestOwnDirsWithoutDynamicOwnership: the guest's own directories are
+// QEMU's even with dynamic_ownership = 0 or relabel='no' (else no guest
+// could start), and are given back at Restore; its disks are left alone.
+func TestOwnDirsWithoutDynamicOwnership(t *testing.T) {
+	dir := searchable(t)
+	disk := mkfile(t, dir, "disk.img", 0o666)
+	gdir := filepath.Join(dir, "g.d")
+	if err := os.Mkdir(gdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, disk, gdir)
+	no := false
+	for _, c := range []struct {
+		name string
+		cfg  func(*Config)
+		lbl  []SecLabelRequest
+	}{
+		{"dynamic_ownership off", func(c *Config) { c.DynamicOwnership = false }, nil},
+		{"relabel no", func(*Config) {}, []SecLabelRequest{{Model: "dac", Relabel: &no}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := system()
+			c.cfg(&cfg)
+			s, err := New(cfg, Host{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := &Guest{Name: "own", Disks: []Disk{{Path: disk}}, Dirs: []string{gdir}, SecLabels: c.lbl,
+				Sockets: []string{filepath.Join(gdir, "vnc.sock")}}
+			rec, err := s.Prepare(context.Background(), g, &procmgr.Spec{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o := owner(t, gdir); o.UID != 65534 {
+				t.Errorf("guest directory owned by %+v, want nobody", o)
+			}
+			if o := owner(t, disk); o != before[disk] {
+				t.Errorf("disk %+v, want untouched", o)
+			}
+			if err := s.Restore(context.Background(), rec); err != nil {
+				t.Fatal(err)
+			}
+			unchanged(t, before)
+		})
+	}
+}
+
 // fakeSELinux is a stack on a host whose SELinux is an in-memory labeler.
 func fakeSELinux(t *testing.T, cfg Config) (*Stack, *selinux.Memory) {
 	t.Helper()
