@@ -748,3 +748,35 @@ func qemuNamed(name string) int {
 	}
 	return 0
 }
+
+// TestNoDynamicOwnership: with dynamic_ownership = 0 qemufs leaves disks
+// alone: a disk QEMU's user cannot use is refused with a message saying
+// so; one the admin gave to that user starts and keeps its owner.
+func TestNoDynamicOwnership(t *testing.T) {
+	t.Parallel()
+	uid, gid := qemuIDs(t)
+	m := harness.Start(t, harness.Options{System: true, QEMUConf: "dynamic_ownership = 0\n"})
+	img := image(t, m.Base, "disk.qcow2", "qcow2")
+	m.Define("n", harness.GuestXML(t, "n", guest.ActionNone, disk("file", "qcow2", img, "vda", "")))
+	if err := m.Ctl("n", "start"); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("start with a disk only root can use: %v, want EINVAL", err)
+	}
+	if msg := m.ErrorOf("n"); !strings.Contains(msg, img) || !strings.Contains(msg, "dynamic_ownership") {
+		t.Errorf("error %q does not name the disk and dynamic_ownership", msg)
+	}
+	if err := os.Chown(img, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	before := ownerOf(t, img)
+	m.MustCtl("n", "start")
+	if st := procStatus(t, m.Pid("n")); st["Uid"] != ids(uid) {
+		t.Errorf("Uid %q, want qemu's", st["Uid"])
+	}
+	if l := parseSec(t, m.Read("n", "live.xml")).Labels; len(l) == 0 || l[len(l)-1].Relabel != "no" {
+		t.Errorf("live.xml seclabels %+v, want dac with relabel='no'", l)
+	}
+	m.MustCtl("n", "destroy")
+	if o := ownerOf(t, img); o != before {
+		t.Errorf("disk %v after stop, want %v untouched", o, before)
+	}
+}
