@@ -780,3 +780,54 @@ func TestNoDynamicOwnership(t *testing.T) {
 		t.Errorf("disk %v after stop, want %v untouched", o, before)
 	}
 }
+
+// TestConfinementAcrossRestart: what a guest was given is given back by
+// the next daemon when the one that started it was killed: at stop after
+// re-attaching, and at mount when QEMU died while no daemon ran.
+func TestConfinementAcrossRestart(t *testing.T) {
+	t.Parallel()
+	uid, _ := qemuIDs(t)
+	m := harness.Start(t, harness.Options{System: true})
+	type guestRun struct {
+		img     string
+		before  owner
+		cgroups map[string]string
+		pid     int
+	}
+	runs := map[string]*guestRun{}
+	for _, name := range []string{"stopped", "died"} {
+		img := image(t, m.Base, name+".qcow2", "qcow2")
+		r := &guestRun{img: img, before: ownerOf(t, img)}
+		m.Define(name, harness.GuestXML(t, name, guest.ActionNone, disk("file", "qcow2", img, "vda", "")))
+		m.MustCtl(name, "start")
+		r.pid, r.cgroups = m.Pid(name), guestCgroups(t, m, name)
+		runs[name] = r
+	}
+	m.KillDaemon()
+	harness.WaitKill(runs["died"].pid, syscall.SIGKILL)
+	if err := m.Mount(); err != nil {
+		t.Fatal(err)
+	}
+	gone := func(r *guestRun) func() error {
+		return func() error {
+			if o := ownerOf(t, r.img); o != r.before {
+				return fmt.Errorf("%s: %v, want %v as before", r.img, o, r.before)
+			}
+			for _, d := range r.cgroups {
+				if _, err := os.Stat(d); err == nil {
+					return fmt.Errorf("cgroup %s left", d)
+				}
+			}
+			return nil
+		}
+	}
+	waitFor(t, settle, gone(runs["died"]))
+	if st := m.State("stopped"); st != "running (booted)" {
+		t.Fatalf("stopped: state %q after re-attach", st)
+	}
+	if o := ownerOf(t, runs["stopped"].img); o.UID != uid {
+		t.Errorf("disk of the re-attached guest: %v, want qemu's", o)
+	}
+	m.MustCtl("stopped", "destroy")
+	waitFor(t, settle, gone(runs["stopped"]))
+}
