@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -584,5 +585,24 @@ func TestCheckHost(t *testing.T) {
 				t.Fatalf("CheckHost = %v, want %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestDiskNoRelabel: a disk source's <seclabel relabel='no'> reaches the
+// security layer, per model (none named: all).
+func TestDiskNoRelabel(t *testing.T) {
+	d, err := Parse([]byte(`<domain type='qemu'><name>n</name><memory>65536</memory><os><type arch='x86_64'>hvm</type></os><devices>
+<disk type='file'><source file='/a'><seclabel model='dac' relabel='no'/></source><target dev='vda'/></disk>
+<disk type='file'><source file='/b'><seclabel relabel='no'/></source><target dev='vdb'/></disk>
+<disk type='file'><source file='/c'><seclabel model='selinux' relabel='yes'><label>x</label></seclabel></source><target dev='vdc'/></disk>
+</devices></domain>`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"dac"}, {"dac", "selinux"}, nil}
+	for i, dk := range d.Disks() {
+		if !slices.Equal(dk.NoRelabel, want[i]) {
+			t.Errorf("%s: NoRelabel %q, want %q", dk.Source, dk.NoRelabel, want[i])
+		}
 	}
 }

@@ -25,6 +25,10 @@ type Disk struct {
 	Alias     string
 	// BackingStore lists the paths of an explicit backing chain.
 	BackingStore []string
+	// NoRelabel lists the security models of the source's
+	// <seclabel relabel='no'> elements ("dac", "selinux"; no model
+	// means both): the file is used as it is, not chowned or labeled.
+	NoRelabel []string
 }
 
 // Disks returns the disks in document order.
@@ -47,6 +51,16 @@ func (d *Domain) Disks() []Disk {
 			Alias:     attr(child(e, "alias"), "name"),
 		}
 		dk.Source = diskSource(e)
+		for _, l := range children(child(e, "source"), "seclabel") {
+			if attr(l, "relabel") != "no" {
+				continue
+			}
+			if m := attr(l, "model"); m != "" {
+				dk.NoRelabel = append(dk.NoRelabel, m)
+			} else {
+				dk.NoRelabel = append(dk.NoRelabel, "dac", "selinux")
+			}
+		}
 		for b := child(e, "backingStore"); b != nil; b = child(b, "backingStore") {
 			if p := attr(child(b, "source"), "file") + attr(child(b, "source"), "dev"); p != "" {
 				dk.BackingStore = append(dk.BackingStore, p)

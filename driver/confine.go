@@ -107,7 +107,8 @@ func (d *Driver) securityGuest(r *run) (*security.Guest, error) {
 			continue
 		}
 		seen[dk.Source] = true
-		g.Disks = append(g.Disks, security.Disk{Path: dk.Source, ReadOnly: dk.ReadOnly || dk.Device == "cdrom", Shareable: dk.Shareable})
+		g.Disks = append(g.Disks, security.Disk{Path: dk.Source, ReadOnly: dk.ReadOnly || dk.Device == "cdrom",
+			Shareable: dk.Shareable, NoRelabel: dk.NoRelabel})
 		for _, b := range dk.BackingStore {
 			if !seen[b] {
 				seen[b] = true
