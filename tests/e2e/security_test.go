@@ -685,6 +685,9 @@ func TestStartRefused(t *testing.T) {
 	}{
 		{"search bit", disk("file", "qcow2", open, "vda", "") + disk("file", "qcow2", hidden, "vdb", ""), "",
 			[]string{"not searchable by qemu", "chmod o+x " + closed}},
+		{"disk relabel no", strings.Replace(disk("file", "qcow2", open, "vda", ""), open+"'/>",
+			open+"'>\n        <seclabel model='dac' relabel='no'/>\n      </source>", 1), "",
+			[]string{open, "ownership is not managed"}},
 		{"static selinux label", disk("file", "qcow2", open, "vda", ""),
 			"  <seclabel type='static' model='selinux' relabel='no'><label>system_u:system_r:svirt_t:s0:c1,c2</label></seclabel>\n",
 			[]string{"selinux", "not active"}},
