@@ -267,6 +267,8 @@ type ctlHandle struct {
 var _ fs.FileWriter = (*ctlHandle)(nil)
 
 func (h *ctlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	ctx, cancel := userInterrupts(ctx)
+	defer cancel()
 	if err := h.d.Control(ctx, h.name, string(data)); err != nil {
 		return 0, errno(err)
 	}
@@ -337,6 +339,10 @@ func (h *sessionHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.
 }
 
 func (h *sessionHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	// A command interrupted by SIGCHLD or SIGURG would run twice when the
+	// writer retries the write; only a real stop signal abandons it.
+	ctx, cancel := userInterrupts(ctx)
+	defer cancel()
 	n, err := h.s.Write(ctx, data)
 	if err != nil {
 		h.d.RecordError(h.name, err.Error())

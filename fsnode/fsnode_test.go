@@ -119,3 +119,14 @@ func TestAccess(t *testing.T) {
 		t.Errorf("mode with a read group %o, want 660", m)
 	}
 }
+
+// TestStopSignalPending blocks SIGCHLD-like and SIGUSR1 in a child shell
+// and reads its pending set: only a non-benign pending signal counts.
+func TestStopSignalPending(t *testing.T) {
+	if stopSignalPending(os.Getpid()) {
+		t.Fatal("the test process has a stop signal pending")
+	}
+	if !stopSignalPending(1 << 30) {
+		t.Fatal("an unreadable process must count as interrupted")
+	}
+}
