@@ -834,3 +834,42 @@ func TestConfinementAcrossRestart(t *testing.T) {
 	m.MustCtl("stopped", "destroy")
 	waitFor(t, settle, gone(runs["stopped"]))
 }
+
+// TestStaticDACLabel: <seclabel type='static' model='dac'> runs one guest
+// as another account, its disk given to that account while it runs.
+func TestStaticDACLabel(t *testing.T) {
+	t.Parallel()
+	needTestUser(t)
+	u, _ := user.Lookup(testUser)
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	m := harness.Start(t, harness.Options{System: true})
+	img := image(t, m.Base, "disk.qcow2", "qcow2")
+	before := ownerOf(t, img)
+	xml := harness.GuestXML(t, "s", guest.ActionNone, disk("file", "qcow2", img, "vda", ""))
+	xml = strings.Replace(xml, "</domain>", "  <seclabel type='static' model='dac' relabel='yes'><label>"+testUser+":"+testUser+"</label></seclabel>\n</domain>", 1)
+	m.Define("s", xml)
+	m.MustCtl("s", "start")
+	if st := procStatus(t, m.Pid("s")); st["Uid"] != ids(uid) || st["Gid"] != ids(gid) {
+		t.Errorf("Uid %q Gid %q, want %s's %d:%d", st["Uid"], st["Gid"], testUser, uid, gid)
+	}
+	if o := ownerOf(t, img); o.UID != uid || o.GID != gid {
+		t.Errorf("disk %v while running, want %s's", o, testUser)
+	}
+	var dac *secLabel
+	for _, l := range parseSec(t, m.Read("s", "live.xml")).Labels {
+		if l.Model == "dac" {
+			dac = &l
+		}
+	}
+	if want := fmt.Sprintf("+%d:+%d", uid, gid); dac == nil || dac.Type != "static" || dac.Label != want {
+		t.Errorf("live.xml dac seclabel %+v, want static %s", dac, want)
+	}
+	m.MustCtl("s", "destroy")
+	waitFor(t, settle, func() error {
+		if o := ownerOf(t, img); o != before {
+			return fmt.Errorf("disk %v after stop, want %v", o, before)
+		}
+		return nil
+	})
+}
