@@ -139,8 +139,8 @@ func (d *Driver) checkName(name string) error {
 	case strings.ContainsAny(name, "\x00\n"):
 		return errorf(ErrInvalid, "domain name %q contains a control character", name)
 	case len(name) > d.MaxNameLen():
-		return errorf(ErrInvalid, "domain name %q is %d bytes; this instance allows %d (UNIX socket paths under %s are limited to 108 bytes)",
-			name, len(name), d.MaxNameLen(), d.inst.RunDir)
+		return errorf(ErrInvalid, "domain name %q is %d bytes; this instance allows %d (UNIX socket paths under %s are limited to %d bytes)",
+			name, len(name), d.MaxNameLen(), d.inst.RunDir, instance.MaxSocketPath)
 	}
 	return nil
 }
