@@ -2,13 +2,21 @@ package e2e
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/qemufs/qemufs/tests/guest"
 	"github.com/qemufs/qemufs/tests/harness"
@@ -159,4 +167,112 @@ func TestEmbeddedMountAccess(t *testing.T) {
 	if got := m.State("d"); got != "shut off (unknown)" {
 		t.Errorf("owner reads state %q", got)
 	}
+}
+
+// TestSessionMount mounts a session instance as the unprivileged test
+// user: nobody else, root included, may use it; its QEMU runs as that
+// user, without capabilities, in the sandbox, and with none of the
+// privileged layers (no cgroup, no private /dev, no chown).
+func TestSessionMount(t *testing.T) {
+	t.Parallel()
+	needTestUser(t)
+	if out, err := asTestUser(true, nil, "sh", "-c", "exec 3<>/dev/fuse"); err != nil {
+		t.Skipf("%s cannot open /dev/fuse (%s), so no user can mount a session here; Debian's default mode is 0666",
+			testUser, strings.TrimSpace(out))
+	}
+	u, _ := user.Lookup(testUser)
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	base, err := os.MkdirTemp("/tmp", "qfs-sess-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	dir := func(name string) string { return filepath.Join(base, name) }
+	for _, d := range []string{"m", "config", "state", "cache", "run"} {
+		if err := os.Mkdir(dir(d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(dir(d), uid, gid)
+	}
+	os.Chmod(dir("m"), 0o755)
+	bin := dir("qemufs")
+	if data, err := os.ReadFile(harness.Bin(t)); err != nil || os.WriteFile(bin, data, 0o755) != nil {
+		t.Fatalf("copy qemufs where %s can run it: %v", testUser, err)
+	}
+	xml := dir("g.xml")
+	if err := os.WriteFile(xml, []byte(harness.GuestXML(t, "g", guest.ActionNone, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"HOME=/nonexistent", "XDG_CONFIG_HOME=" + dir("config"), "XDG_STATE_HOME=" + dir("state"),
+		"XDG_CACHE_HOME=" + dir("cache"), "XDG_RUNTIME_DIR=" + dir("run"), "M=" + dir("m"), "X=" + xml}
+	as := func(script string) (string, error) { return asTestUser(true, env, "bash", "-c", script) }
+	if out, err := asTestUser(true, env, bin, "mount", "--daemon", dir("m")); err != nil {
+		t.Fatalf("session mount as %s: %v: %s", testUser, err, out)
+	}
+	t.Cleanup(func() {
+		pid := sessionPid(dir("state"), "qemufs/log/qemu/g.pid")
+		if out, err := asTestUser(true, env, bin, "unmount", dir("m")); err != nil {
+			t.Logf("unmount: %v: %s", err, out)
+			unix.Unmount(dir("m"), unix.MNT_DETACH)
+			if d := sessionDaemon(dir("state")); d > 0 {
+				harness.WaitKill(d, syscall.SIGKILL)
+			}
+		}
+		if pid > 0 && harness.Alive(pid) {
+			if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); strings.Contains(exe, "qemu") {
+				harness.WaitKill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+
+	if _, err := os.ReadDir(dir("m")); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("root lists the user's session mount: %v, want EACCES", err)
+	}
+	out, err := as(`set -e; mkdir "$M/g"; cat "$X" > "$M/g/config.xml"; echo start > "$M/g/ctl"; cat "$M/g/pid"`)
+	if err != nil {
+		t.Fatalf("start as %s: %v: %s", testUser, err, out)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(out))
+	st := procStatus(t, pid)
+	if st["Uid"] != ids(uid) || st["CapEff"] != "0000000000000000" || st["Seccomp"] != "2" {
+		t.Errorf("session QEMU: Uid %q CapEff %q Seccomp %q, want %s's, none, 2", st["Uid"], st["CapEff"], st["Seccomp"], testUser)
+	}
+	own, _ := os.Readlink("/proc/self/ns/mnt")
+	if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); ns != own {
+		t.Errorf("session QEMU in mount namespace %s, want the host's", ns)
+	}
+	if cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); strings.Contains(string(cg), "qemufs-") {
+		t.Errorf("session QEMU in a qemufs cgroup:\n%s", cg)
+	}
+	live, err := as(`cat "$M/g/live.xml"`)
+	if err != nil {
+		t.Fatal(err, live)
+	}
+	label := fmt.Sprintf("+%d:+%d", uid, gid)
+	if l := parseSec(t, live).Labels; len(l) != 1 || l[0].Model != "dac" || l[0].Relabel != "no" || l[0].Label != label {
+		t.Errorf("session live.xml seclabels %+v, want dac %s without relabeling", l, label)
+	}
+	if out, err := as(`echo destroy > "$M/g/ctl" && cat "$M/g/state"`); err != nil || strings.TrimSpace(out) != "shut off (destroyed)" {
+		t.Errorf("destroy: %v: %s", err, out)
+	}
+}
+
+// sessionPid reads a pid file below the session's state directory.
+func sessionPid(state, rel string) int {
+	b, _ := os.ReadFile(filepath.Join(state, rel))
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// sessionDaemon finds the session daemon's pid in its log.
+func sessionDaemon(state string) int {
+	b, _ := os.ReadFile(filepath.Join(state, "qemufs/log/qemufs.log"))
+	m := regexp.MustCompile(`mounted at .* \(pid (\d+)\)`).FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(string(m[len(m)-1][1]))
+	return n
 }
