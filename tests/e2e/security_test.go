@@ -873,3 +873,31 @@ func TestStaticDACLabel(t *testing.T) {
 		return nil
 	})
 }
+
+// TestSharedReadOnlyDisk: two guests read one image; the first to stop
+// does not take it away from the other, the last gives it back.
+func TestSharedReadOnlyDisk(t *testing.T) {
+	t.Parallel()
+	_, gid := qemuIDs(t)
+	m := harness.Start(t, harness.Options{System: true})
+	img := image(t, m.Base, "shared.img", "raw")
+	before := ownerOf(t, img)
+	for _, name := range []string{"r1", "r2"} {
+		m.Define(name, harness.GuestXML(t, name, guest.ActionNone, disk("file", "raw", img, "vda", "\n      <readonly/>")))
+		m.MustCtl(name, "start")
+	}
+	m.MustCtl("r1", "destroy")
+	if o := ownerOf(t, img); o.GID != gid || o.Mode&0o040 == 0 {
+		t.Errorf("shared image %v after the first guest stopped, want still readable by group %d", o, gid)
+	}
+	if f := openFlags(m.Pid("r2"), img); f != syscall.O_RDONLY {
+		t.Errorf("r2 holds the image with access mode %d, want O_RDONLY", f)
+	}
+	m.MustCtl("r2", "destroy")
+	waitFor(t, settle, func() error {
+		if o := ownerOf(t, img); o != before {
+			return fmt.Errorf("shared image %v after both stopped, want %v", o, before)
+		}
+		return nil
+	})
+}
