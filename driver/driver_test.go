@@ -230,6 +230,18 @@ func TestPausedLifecycle(t *testing.T) {
 		t.Fatalf("QMP reply %q, %v", reply[:n], err)
 	}
 	s.Close()
+	h, err := d.OpenMonitor("a", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Write(ctx, []byte("info status\n")); err != nil {
+		t.Fatal(err)
+	}
+	n, err = h.Read(ctx, reply)
+	if got := string(reply[:n]); err != nil || got != "VM status: running\n" {
+		t.Errorf("HMP info status: %q, %v; want Unix line endings", got, err)
+	}
+	h.Close()
 	if live, _ := d.LiveXML("a"); !strings.Contains(string(live), "custom-monitor") {
 		t.Error("QMP use did not taint the domain")
 	}

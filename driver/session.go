@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 
 	"github.com/qemufs/qemufs/stream"
@@ -151,7 +152,9 @@ func (s *MonitorSession) run(ctx context.Context, cmd []byte) error {
 		if err != nil {
 			return errorf(ErrIO, "monitor/hmp %s: %w", r.dm.name, err)
 		}
-		s.replies.Write([]byte(out))
+		// QEMU ends HMP lines with CRLF, for a terminal; a file gives
+		// Unix lines, so that shell tools compare and print them cleanly.
+		s.replies.Write([]byte(strings.ReplaceAll(out, "\r\n", "\n")))
 		return nil
 	}
 	reply, err := r.mon.RunRaw(ctx, cmd)
