@@ -473,6 +473,8 @@ func TestConfinedGuest(t *testing.T) {
 		for _, c := range []string{"devices", "memory", "cpu", ""} {
 			if w, ok := want[c]; ok && got[c] != w {
 				t.Errorf("QEMU's %q cgroup %s, want %s", c, got[c], w)
+			} else if ok && !slices.Contains(linesOf(filepath.Join(w, "cgroup.procs")), strconv.Itoa(pid)) {
+				t.Errorf("%s/cgroup.procs lacks QEMU's pid %d", w, pid)
 			}
 		}
 		if d, ok := got["devices"]; ok {
@@ -897,6 +899,34 @@ func TestSharedReadOnlyDisk(t *testing.T) {
 	waitFor(t, settle, func() error {
 		if o := ownerOf(t, img); o != before {
 			return fmt.Errorf("shared image %v after both stopped, want %v", o, before)
+		}
+		return nil
+	})
+}
+
+// TestRestoreAfterPoweroff: a guest that powers itself off gives back its
+// disk and cgroup as a destroyed one does.
+func TestRestoreAfterPoweroff(t *testing.T) {
+	t.Parallel()
+	uid, _ := qemuIDs(t)
+	m := harness.Start(t, harness.Options{System: true})
+	img := image(t, m.Base, "disk.qcow2", "qcow2")
+	before := ownerOf(t, img)
+	m.Define("p", harness.GuestXML(t, "p", guest.ActionPoweroff, disk("file", "qcow2", img, "vda", "")))
+	m.MustCtl("p", "start")
+	cgroups := guestCgroups(t, m, "p")
+	if o := ownerOf(t, img); o.UID != uid && m.State("p") == "running (booted)" {
+		t.Errorf("disk %v while running, want qemu's", o)
+	}
+	m.WaitState("p", "shut off (shutdown)", boot)
+	waitFor(t, settle, func() error {
+		if o := ownerOf(t, img); o != before {
+			return fmt.Errorf("disk %v after poweroff, want %v", o, before)
+		}
+		for _, d := range cgroups {
+			if _, err := os.Stat(d); err == nil {
+				return fmt.Errorf("cgroup %s left after poweroff", d)
+			}
 		}
 		return nil
 	})
