@@ -70,6 +70,7 @@ func benchScale(env *benchEnv) error {
 	var startTotal, destroyTotal, perStart samples
 	var rssBefore, rssAfter int
 	leaks := map[string]int{}
+	checked := 0 // cgroup directories seen while the guests ran
 	for round := 0; round < env.rounds; round++ {
 		progress("scale: round %d: starting %d guests at once", round+1, len(guests))
 		before := vmRSS(m.pid)
@@ -94,7 +95,11 @@ func benchScale(env *benchEnv) error {
 			if st, ok := startTime(pid); ok {
 				pids[pid] = st
 			}
-			cgroups = append(cgroups, cgroupDirs(pid)...)
+			for _, d := range cgroupDirs(pid) {
+				if _, err := os.Stat(d); err == nil {
+					cgroups = append(cgroups, d)
+				}
+			}
 		}
 		progress("scale: round %d: destroying them", round+1)
 		t0 = time.Now()
@@ -102,6 +107,7 @@ func benchScale(env *benchEnv) error {
 			return err
 		}
 		destroyTotal = append(destroyTotal, time.Since(t0))
+		checked += len(cgroups)
 		for pid, st := range pids {
 			if cur, ok := startTime(pid); ok && cur == st {
 				leaks["QEMU processes"]++
@@ -145,7 +151,7 @@ func benchScale(env *benchEnv) error {
 		}
 		leakText = strings.Join(parts, ", ")
 	}
-	r.value("4", "left after destroy: QEMU pids, sockets/status/pid files, cgroups", leakText, fmt.Sprintf("checked after each of %d rounds", env.rounds))
+	r.value("4", "left after destroy: QEMU pids, sockets/status/pid files, cgroups", leakText, fmt.Sprintf("checked after each of %d rounds (%d guest cgroup dirs seen while running)", env.rounds, checked))
 	r.target("no leaks after destroying all guests", "none", leakText, len(leaks) == 0)
 	return nil
 }
