@@ -138,7 +138,13 @@ func (r *run) handleEvent(ev monitor.Event) {
 	case "RESUME":
 		dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
 	case "RESET":
-		dm.publish(EventRebooted, "")
+		// One per QEMU RESET, as libvirt's reboot event: after a reset
+		// the firmware (SeaBIOS) may reset once more by itself, so a
+		// reboot can give two; the detail (QEMU's reason, e.g.
+		// host-qmp-system-reset, guest-reset) tells them apart.
+		var rs shutdownEvent
+		json.Unmarshal(ev.Data, &rs)
+		dm.publish(EventRebooted, rs.Reason)
 	case "SHUTDOWN":
 		var s shutdownEvent
 		json.Unmarshal(ev.Data, &s)
