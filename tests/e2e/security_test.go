@@ -250,7 +250,7 @@ func guestCgroups(t *testing.T, m *harness.Mount, name string) map[string]string
 	return out
 }
 
-// lineOf returns the lines of a file, or nil.
+// linesOf returns the lines of a file, or nil.
 func linesOf(path string) []string {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -259,7 +259,7 @@ func linesOf(path string) []string {
 	return strings.Split(strings.TrimSpace(string(b)), "\n")
 }
 
-// mount is one line of /proc/PID/mountinfo.
+// mountEntry is one line of /proc/PID/mountinfo.
 type mountEntry struct{ point, fstype, source string }
 
 func mounts(t *testing.T, pid int) []mountEntry {
