@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -34,6 +35,7 @@ type console struct {
 	conn    io.ReadWriteCloser
 	persist *os.File
 
+	wmu       chan struct{} // one writer at a time
 	closeOnce sync.Once
 	done      chan struct{}
 }
@@ -54,7 +56,7 @@ func openConsole(src consoleSource, persistPath string, resume bool) (*console, 
 	if err != nil {
 		return nil, fmt.Errorf("console %s: %w", src.Path, err)
 	}
-	c := &console{src: src, out: stream.New(consoleHistory, false), conn: conn, done: make(chan struct{})}
+	c := &console{src: src, out: stream.New(consoleHistory, false), conn: conn, wmu: make(chan struct{}, 1), done: make(chan struct{})}
 	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
 	if resume {
 		if old, err := readTail(persistPath, consoleHistory); err == nil {
@@ -132,8 +134,42 @@ func (c *console) pump() {
 	}
 }
 
-// Write sends input to the guest.
-func (c *console) Write(p []byte) (int, error) { return c.conn.Write(p) }
+// deadliner is a console connection whose writes can be cut short: the
+// pty (on Go's poller) and the sockets.
+type deadliner interface{ SetWriteDeadline(time.Time) error }
+
+// Write sends input to the guest, one writer at a time so that inputs do
+// not interleave. A guest that does not read (paused, or its serial FIFO
+// full) leaves the write waiting until ctx ends: it then returns what
+// was written, or the interruption.
+func (c *console) Write(ctx context.Context, p []byte) (int, error) {
+	select {
+	case c.wmu <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-c.done:
+		return 0, io.ErrClosedPipe
+	}
+	defer func() { <-c.wmu }()
+	dl, ok := c.conn.(deadliner)
+	if !ok {
+		return c.conn.Write(p)
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		dl.SetWriteDeadline(time.Now())
+		close(fired)
+	})
+	n, err := c.conn.Write(p)
+	if !stop() {
+		<-fired
+		dl.SetWriteDeadline(time.Time{})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = ctx.Err()
+		}
+	}
+	return n, err
+}
 
 // Close disconnects; readers get EOF after the history.
 func (c *console) Close() {
@@ -175,18 +211,23 @@ func (h *ConsoleHandle) Read(ctx context.Context, p []byte) (int, error) {
 	return h.r.Read(ctx, p)
 }
 
-// Write sends p to the guest's serial port.
-func (h *ConsoleHandle) Write(p []byte) (int, error) {
+// Write sends p to the guest's serial port. It waits while the guest
+// does not take input, until ctx ends: then it returns the bytes sent so
+// far, or an ErrInterrupted error when none were.
+func (h *ConsoleHandle) Write(ctx context.Context, p []byte) (int, error) {
 	select {
 	case <-h.c.done:
 		return 0, errorf(ErrBusy, "console: the domain is not running")
 	default:
 	}
-	n, err := h.c.Write(p)
-	if err != nil {
-		return n, errorf(ErrIO, "console: %w", err)
+	n, err := h.c.Write(ctx, p)
+	switch {
+	case err == nil || n > 0:
+		return n, nil
+	case ctx.Err() != nil:
+		return 0, errorf(ErrInterrupted, "console: interrupted while the guest took no input")
 	}
-	return n, nil
+	return n, errorf(ErrIO, "console: %w", err)
 }
 
 // attachConsole connects the first serial port of a starting run. For a

@@ -313,7 +313,11 @@ func (h *consoleHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.
 }
 
 func (h *consoleHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	n, err := h.c.Write(data)
+	// A guest that takes no input holds the write; only a real stop
+	// signal ends it (with the bytes sent so far, or EINTR).
+	ctx, cancel := userInterrupts(ctx)
+	defer cancel()
+	n, err := h.c.Write(ctx, data)
 	if err != nil {
 		h.d.RecordError(h.name, err.Error())
 		return 0, errno(err)
