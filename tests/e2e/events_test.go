@@ -142,18 +142,22 @@ func TestEventsRebootCrash(t *testing.T) {
 	}
 }
 
-// startReader starts `cat FILE` with SIGINT and SIGTERM at their defaults
-// (a test binary started in the background has SIGINT ignored, and an
-// ignored signal stays ignored across exec; handling it here makes exec
-// reset it) and waits until cat is blocked reading.
-func startReader(t *testing.T, path string) (*exec.Cmd, chan error) {
-	t.Helper()
+// startDefaultSignals starts cmd with SIGINT at its default action: a test
+// binary started in the background has SIGINT ignored, and an ignored
+// signal stays ignored across exec; handled here meanwhile, exec resets it.
+func startDefaultSignals(cmd *exec.Cmd) error {
 	c := make(chan os.Signal, 1)
 	signal.Notify(c, syscall.SIGINT)
+	defer signal.Stop(c)
+	return cmd.Start()
+}
+
+// startReader starts `cat FILE` with default signal actions and waits
+// until cat is blocked reading.
+func startReader(t *testing.T, path string) (*exec.Cmd, chan error) {
+	t.Helper()
 	cmd := exec.Command("cat", path)
-	err := cmd.Start()
-	signal.Stop(c)
-	if err != nil {
+	if err := startDefaultSignals(cmd); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)

@@ -38,28 +38,34 @@ func (f *Follower) WaitBlocked(t testing.TB) {
 // single-threaded process) sleeps in read(2), which for a stream of the
 // tree means it waits for data from qemufs.
 func WaitBlockedRead(tid int, timeout time.Duration) error {
+	return WaitBlockedIn(tid, syscall.SYS_READ, timeout)
+}
+
+// WaitBlockedIn waits until the thread tid sleeps in the system call nr
+// (syscall.SYS_READ, syscall.SYS_WRITE...).
+func WaitBlockedIn(tid, nr int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if blockedInRead(tid) {
+		if blockedIn(tid, nr) {
 			return nil
 		}
 		if time.Now().After(deadline) {
 			sc, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", tid))
-			return fmt.Errorf("thread %d not blocked in read(2) after %v (syscall: %q)", tid, timeout, sc)
+			return fmt.Errorf("thread %d not blocked in system call %d after %v (/proc/%d/syscall: %q)", tid, nr, timeout, tid, sc)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// blockedInRead reads /proc/TID/syscall (the number of the system call
+// blockedIn reads /proc/TID/syscall (the number of the system call
 // the thread is in) and /proc/TID/stat (S: sleeping).
-func blockedInRead(tid int) bool {
+func blockedIn(tid, want int) bool {
 	sc, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", tid))
 	if err != nil {
 		return false
 	}
 	nr, _, _ := strings.Cut(string(sc), " ")
-	if n, err := strconv.Atoi(nr); err != nil || n != syscall.SYS_READ {
+	if n, err := strconv.Atoi(nr); err != nil || n != want {
 		return false
 	}
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", tid))
