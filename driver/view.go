@@ -125,6 +125,9 @@ func (d *Driver) Screenshot(ctx context.Context, name string) ([]byte, error) {
 	defer os.Remove(path)
 	d.chownForQEMU(r, path)
 	if err := r.mon.Execute(ctx, "screendump", map[string]any{"filename": path, "format": "png"}, nil); err != nil {
+		if ctx.Err() != nil {
+			return nil, errorf(ErrInterrupted, "screenshot %s: interrupted", name)
+		}
 		return nil, errorf(ErrIO, "screenshot %s: %w", name, err)
 	}
 	data, err := os.ReadFile(path)

@@ -60,7 +60,16 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		return uint64(fi.Size())
 	})
 	add(in, "console", 0o660, dd.openConsole, nil)
-	add(in, "screen.png", 0o440, snapshot(func(ctx context.Context) ([]byte, error) { return d.Screenshot(ctx, name) }), nil)
+	add(in, "screen.png", 0o440, snapshot(func(ctx context.Context) ([]byte, error) {
+		// Go's SIGURG or a shell's SIGCHLD must not fail the screendump.
+		ctx, cancel := userInterrupts(ctx)
+		defer cancel()
+		b, err := d.Screenshot(ctx, name)
+		if err != nil {
+			d.RecordError(name, err.Error())
+		}
+		return b, err
+	}), nil)
 	add(in, "events", 0o440, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 		rd, err := d.Events(name)
 		if err != nil {
