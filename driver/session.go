@@ -6,12 +6,19 @@ import (
 	"encoding/json"
 	"strings"
 	"sync"
+	"sync/atomic"
 
+	"github.com/qemufs/qemufs/monitor"
 	"github.com/qemufs/qemufs/stream"
 )
 
 // maxPending bounds a command that has not been completed yet.
 const maxPending = 1 << 20
+
+// maxUnread bounds the replies a session keeps for its reader: past it,
+// new commands are refused until the reader catches up. A reply is never
+// dropped or cut (the log holds maxUnread plus the largest reply).
+const maxUnread = 1 << 20
 
 // MonitorSession is one open monitor/qmp or monitor/hmp handle: commands
 // written to it run on the guest's QMP connection, and their replies are
@@ -23,6 +30,8 @@ type MonitorSession struct {
 	pending []byte
 	replies *stream.Log
 	rd      *stream.Reader
+	written int64        // reply bytes queued, guarded by mu
+	nread   atomic.Int64 // reply bytes read
 	closed  chan struct{}
 	once    sync.Once
 }
@@ -38,7 +47,7 @@ func (d *Driver) OpenMonitor(name string, hmp bool) (*MonitorSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &MonitorSession{r: r, hmp: hmp, replies: stream.New(maxPending, false), closed: make(chan struct{})}
+	s := &MonitorSession{r: r, hmp: hmp, replies: stream.New(maxUnread+monitor.DefaultMaxReplySize, false), closed: make(chan struct{})}
 	s.rd = s.replies.NewReader()
 	go func() {
 		select {
@@ -68,6 +77,8 @@ func (s *MonitorSession) Write(ctx context.Context, p []byte) (int, error) {
 		}
 		s.pending = rest
 		if err := s.run(ctx, cmd); err != nil {
+			// The commands after a failed one are not run either.
+			s.pending = nil
 			return 0, err
 		}
 	}
@@ -143,6 +154,13 @@ func truncate(b []byte, n int) string {
 
 func (s *MonitorSession) run(ctx context.Context, cmd []byte) error {
 	r := s.r
+	kind := "qmp"
+	if s.hmp {
+		kind = "hmp"
+	}
+	if unread := s.written - s.nread.Load(); unread > maxUnread {
+		return errorf(ErrBusy, "monitor/%s %s: %d bytes of replies not read yet; read them before sending more commands", kind, r.dm.name, unread)
+	}
 	r.taint("custom-monitor")
 	if s.hmp {
 		if len(bytes.TrimSpace(cmd)) == 0 {
@@ -150,11 +168,14 @@ func (s *MonitorSession) run(ctx context.Context, cmd []byte) error {
 		}
 		out, err := r.mon.HMP(ctx, string(cmd))
 		if err != nil {
+			if ctx.Err() != nil {
+				return errorf(ErrInterrupted, "monitor/hmp %s: interrupted", r.dm.name)
+			}
 			return errorf(ErrIO, "monitor/hmp %s: %w", r.dm.name, err)
 		}
 		// QEMU ends HMP lines with CRLF, for a terminal; a file gives
 		// Unix lines, so that shell tools compare and print them cleanly.
-		s.replies.Write([]byte(strings.ReplaceAll(out, "\r\n", "\n")))
+		s.queue([]byte(strings.ReplaceAll(out, "\r\n", "\n")))
 		return nil
 	}
 	reply, err := r.mon.RunRaw(ctx, cmd)
@@ -164,14 +185,22 @@ func (s *MonitorSession) run(ctx context.Context, cmd []byte) error {
 		}
 		return errorf(ErrIO, "monitor/qmp %s: %w", r.dm.name, err)
 	}
-	s.replies.Write(append(bytes.TrimRight(reply, "\r\n"), '\n'))
+	s.queue(append(bytes.TrimRight(reply, "\r\n"), '\n'))
 	return nil
+}
+
+// queue hands a reply to the reader. The caller holds mu.
+func (s *MonitorSession) queue(b []byte) {
+	s.replies.Write(b)
+	s.written += int64(len(b))
 }
 
 // Read returns replies; it blocks until one is there, and ends (io.EOF)
 // once the domain has stopped and every reply was read.
 func (s *MonitorSession) Read(ctx context.Context, p []byte) (int, error) {
-	return s.rd.Read(ctx, p)
+	n, err := s.rd.Read(ctx, p)
+	s.nread.Add(int64(n))
+	return n, err
 }
 
 // Close ends the session.
