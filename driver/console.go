@@ -30,10 +30,12 @@ type consoleSource struct {
 // follow, and to a file in the log dir so that history survives a daemon
 // restart.
 type console struct {
-	src     consoleSource
-	out     *stream.Log
-	conn    io.ReadWriteCloser
-	persist *os.File
+	src         consoleSource
+	out         *stream.Log
+	conn        io.ReadWriteCloser
+	persist     *os.File
+	persistPath string
+	persisted   int64 // size of the persist file, kept by pump
 
 	wmu       chan struct{} // one writer at a time
 	closeOnce sync.Once
@@ -65,7 +67,13 @@ func openConsole(src consoleSource, persistPath string, resume bool) (*console, 
 	} else {
 		flags |= os.O_TRUNC
 	}
+	c.persistPath = persistPath
 	c.persist, _ = os.OpenFile(persistPath, flags, 0o600)
+	if c.persist != nil {
+		if fi, err := c.persist.Stat(); err == nil {
+			c.persisted = fi.Size()
+		}
+	}
 	go c.pump()
 	return c, nil
 }
@@ -126,6 +134,10 @@ func (c *console) pump() {
 			c.out.Write(buf[:n])
 			if c.persist != nil {
 				c.persist.Write(buf[:n])
+				c.persisted += int64(n)
+				if c.persisted > persistLimit {
+					c.trimPersist()
+				}
 			}
 		}
 		if err != nil {
@@ -137,6 +149,23 @@ func (c *console) pump() {
 // deadliner is a console connection whose writes can be cut short: the
 // pty (on Go's poller) and the sockets.
 type deadliner interface{ SetWriteDeadline(time.Time) error }
+
+// persistLimit bounds the console file in the log directory: past it, the
+// file is cut to the history a reader would get, so a chatty guest cannot
+// fill the disk (libvirt's virtlogd rotates its console logs likewise).
+const persistLimit = 4 * consoleHistory
+
+// trimPersist replaces the console file by the in-memory history. Only
+// pump calls it.
+func (c *console) trimPersist() {
+	hist := c.out.Bytes()
+	if err := writeFileAtomic(c.persistPath, hist, 0o600); err != nil {
+		return // keep appending; try again after the next output
+	}
+	c.persist.Close()
+	c.persist, _ = os.OpenFile(c.persistPath, os.O_WRONLY|os.O_APPEND, 0o600)
+	c.persisted = int64(len(hist))
+}
 
 // Write sends input to the guest, one writer at a time so that inputs do
 // not interleave. A guest that does not read (paused, or its serial FIFO

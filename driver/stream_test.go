@@ -5,6 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -96,5 +100,43 @@ func TestMonitorSessionUnread(t *testing.T) {
 	}
 	if _, err := s.Write(ctx, []byte(`{"execute":"query-name"}`)); err != nil {
 		t.Errorf("command after the reader caught up: %v", err)
+	}
+}
+
+// TestConsolePersistBounded: the console file in the log directory stays
+// bounded however much the guest prints, and ends with the newest output.
+func TestConsolePersistBounded(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	persist := filepath.Join(dir, "g.console")
+	c, err := openConsole(consoleSource{Kind: "unix", Path: sock}, persist, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all bytes.Buffer
+	for i := 0; all.Len() < 3*persistLimit; i++ {
+		fmt.Fprintf(&all, "line %d\n", i)
+	}
+	if _, err := peer.Write(all.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	peer.Close()
+	<-c.done
+	c.Close()
+	data, err := os.ReadFile(persist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > persistLimit || len(data) < consoleHistory || !bytes.HasSuffix(all.Bytes(), data) {
+		t.Errorf("console file of %d bytes after %d printed; want at most %d, the newest", len(data), all.Len(), persistLimit)
 	}
 }
