@@ -158,6 +158,13 @@ func (s *MonitorSession) run(ctx context.Context, cmd []byte) error {
 	if s.hmp {
 		kind = "hmp"
 	}
+	select {
+	case <-r.done:
+		return errorf(ErrBusy, "monitor/%s %s: the run this session belonged to has ended; open the file again", kind, r.dm.name)
+	case <-r.detached:
+		return errorf(ErrIO, "monitor/%s %s: qemufs is shutting down", kind, r.dm.name)
+	default:
+	}
 	if unread := s.written - s.nread.Load(); unread > maxUnread {
 		return errorf(ErrBusy, "monitor/%s %s: %d bytes of replies not read yet; read them before sending more commands", kind, r.dm.name, unread)
 	}

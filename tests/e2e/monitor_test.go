@@ -204,6 +204,9 @@ func TestMonitorQMP(t *testing.T) {
 	if l, err := readLine(s.rd, reply); !errors.Is(err, io.EOF) {
 		t.Errorf("read after destroy: %q, %v; want EOF", l, err)
 	}
+	if err := s.send(`{"execute":"query-status"}`); !errors.Is(err, syscall.EBUSY) || !strings.Contains(m.ErrorOf("g"), "open the file again") {
+		t.Errorf("write after destroy: %v (error %q), want EBUSY", err, m.ErrorOf("g"))
+	}
 	if _, err := os.Stat(m.Path("g", "monitor", "qmp")); err != nil {
 		t.Error(err)
 	}
