@@ -63,6 +63,11 @@ type Options struct {
 	System bool
 	// QEMUConf is written as the instance's qemu.conf.
 	QEMUConf string
+	// ColdCache starts without capability cache entries. By default the
+	// instance's cache is seeded from one probe per test process, so
+	// that parallel mounts on a loaded machine do not each probe every
+	// emulator (and time out doing so).
+	ColdCache bool
 }
 
 // Mount is one qemufs instance mounted for a test.
@@ -119,6 +124,9 @@ func Start(t testing.TB, opts Options) *Mount {
 		if err := os.WriteFile(conf, []byte(opts.QEMUConf), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if !opts.ColdCache {
+		m.seedCapsCache(t)
 	}
 	t.Cleanup(m.cleanup)
 	if err := m.Mount(); err != nil {
@@ -512,4 +520,53 @@ func publishGuest(g *guest.Guest) error {
 		*f = dst
 	}
 	return nil
+}
+
+var (
+	capsOnce sync.Once
+	capsDir  string
+	capsErr  error
+)
+
+// seedCapsCache copies the capability cache entries of one probe, made once
+// per test process with `qemufs capabilities`, into the instance's cache.
+func (m *Mount) seedCapsCache(t testing.TB) {
+	t.Helper()
+	capsOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "qfs-caps-")
+		if err != nil {
+			capsErr = err
+			return
+		}
+		cmd := exec.Command(m.bin, "capabilities")
+		cmd.Env = append(os.Environ(), "XDG_CACHE_HOME="+dir, "XDG_CONFIG_HOME="+dir+"/config")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			capsErr = fmt.Errorf("qemufs capabilities: %v: %.300s", err, out)
+			return
+		}
+		capsDir = filepath.Join(dir, "qemufs", "qemu", "capabilities")
+	})
+	if capsErr != nil {
+		t.Fatal(capsErr)
+	}
+	dst := filepath.Join(m.Root, "cache", "qemu", "capabilities")
+	if m.opts.System {
+		dst = filepath.Join(m.Root, "var", "cache", "qemufs", "qemu", "capabilities")
+	}
+	entries, err := os.ReadDir(capsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(capsDir, e.Name()))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dst, e.Name()), data, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
