@@ -54,12 +54,23 @@ import (
 	"github.com/qemufs/qemufs/domain/qemutest"
 )
 
-// corpusDir is where the corpus lives, relative to this package.
+// corpusDir is where the corpus lives: $QEMUFS_CORPUS, else
+// shared/corpus/libvirt-qemuxml beside the checkout or beside one of the
+// directories above it (the project's shared folder).
 var corpusDir = func() string {
 	if d := os.Getenv("QEMUFS_CORPUS"); d != "" {
 		return d
 	}
-	return filepath.Join("..", "..", "..", "shared", "corpus", "libvirt-qemuxml")
+	rel := filepath.Join("shared", "corpus", "libvirt-qemuxml")
+	dir, _ := filepath.Abs(filepath.Join("..", "..", ".."))
+	for ; ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, rel, "TIERS.txt")); err == nil {
+			return filepath.Join(dir, rel)
+		}
+		if dir == filepath.Dir(dir) {
+			return filepath.Join("..", "..", "..", rel)
+		}
+	}
 }()
 
 type corpusCase struct {
