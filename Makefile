@@ -52,7 +52,10 @@ check:
 # Every test: unit tests, the corpus, and end-to-end tests through a real
 # mount booting the test guest. Packages run in parallel.
 test: deps build guest check
-	QEMUFS_BIN=$(CURDIR)/$(BIN) $(GO) test -timeout $(TEST_TIMEOUT) -p 2 ./...
+	QEMUFS_BIN=$(CURDIR)/$(BIN) $(GO) test -timeout $(TEST_TIMEOUT) -p 2 $$($(GO) list ./... | grep -v /tests/corpus)
+	@echo "corpus (libvirt's qemuxml2argv cases; pass counts per tier):"
+	@set -o pipefail; $(GO) test -timeout $(TEST_TIMEOUT) -count=1 -v -run 'TestCorpus$$' ./tests/corpus | \
+		grep -E 'tier[0-9]+: [0-9]+ cases|corpus not available|^(ok|FAIL|--- FAIL|panic)'
 
 # make bench: qemufs against bare QEMU and libvirt's embedded driver (which
 # scripts/bench-deps.sh installs for the bench only). BENCH_FLAGS=-quick
