@@ -93,6 +93,15 @@ func ratio(a, b samples) float64 {
 	return float64(a.median()) / float64(b.median())
 }
 
+// minRatio is a/b of two minimums: the least disturbed runs, which a busy
+// machine moves less than medians.
+func minRatio(a, b samples) float64 {
+	if b.min() == 0 {
+		return 0
+	}
+	return float64(a.min()) / float64(b.min())
+}
+
 func (r *report) print(w io.Writer) {
 	fmt.Fprintln(w, "| # | measurement | n | min | median | max | notes |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---|")
