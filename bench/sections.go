@@ -261,7 +261,7 @@ func benchBoot(env *benchEnv, m *mount) error {
 	}
 	r := env.rep
 	r.add("3", "boot by hand: QEMU spawn → ready line on serial (stdio)", bare, "same argv without -S")
-	r.add("3", "boot via qemufs: `start` → ready line read from `console`", qemufs, fmt.Sprintf("%.2fx, +%s", ratio(qemufs, bare), dur(qemufs.median()-bare.median())))
+	r.add("3", "boot via qemufs: `start` → ready line read from `console`", qemufs, fmt.Sprintf("%.2fx, %s%s", ratio(qemufs, bare), sign(qemufs.median()-bare.median()), dur(qemufs.median()-bare.median())))
 	return nil
 }
 

@@ -147,6 +147,14 @@ func dur(d time.Duration) string {
 	}
 }
 
+// sign is "+" for a duration that is not negative (dur prints the "-").
+func sign(d time.Duration) string {
+	if d < 0 {
+		return ""
+	}
+	return "+"
+}
+
 // timeIt runs fn n times and returns how long each run took; it stops at
 // the first error.
 func timeIt(n int, fn func() error) (samples, error) {
