@@ -21,6 +21,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -91,8 +92,10 @@ func main() {
 	}
 	os.Chmod(env.base, 0o755)
 	var virshProc *virsh
-	cleanup := func() {
-		for _, m := range allMounts {
+	// cleanup runs once; a second caller (Ctrl-C during the run's own
+	// cleanup) waits until it is done.
+	doCleanup := func() {
+		for _, m := range mounts() {
 			m.forceDown()
 		}
 		if virshProc != nil {
@@ -101,12 +104,17 @@ func main() {
 		if k := procs.killAll(); k > 0 {
 			fmt.Fprintf(os.Stderr, "bench: cleanup killed %d QEMU processes left running\n", k)
 		}
+		for _, m := range mounts() {
+			removeCgroupPartitions(m.root)
+		}
 		if *keepBase {
 			fmt.Fprintf(os.Stderr, "bench: kept %s\n", env.base)
 		} else {
 			os.RemoveAll(env.base)
 		}
 	}
+	var once sync.Once
+	cleanup := func() { once.Do(doCleanup) }
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,7 +44,9 @@ func (m *mount) mount() error {
 		return fmt.Errorf("qemufs mount: %v: %s%s", err, out, m.daemonLogTail())
 	}
 	m.pid = m.daemonPid()
-	allMounts = append(allMounts, m)
+	allMounts.Lock()
+	allMounts.list = append(allMounts.list, m)
+	allMounts.Unlock()
 	return nil
 }
 
@@ -158,4 +161,14 @@ func (m *mount) state(name string) string {
 func (m *mount) qemuPid(name string) int { return readPid(m.path(name, "pid")) }
 
 // allMounts are the mounts made, taken down at cleanup.
-var allMounts []*mount
+var allMounts struct {
+	sync.Mutex
+	list []*mount
+}
+
+// mounts returns the mounts made so far.
+func mounts() []*mount {
+	allMounts.Lock()
+	defer allMounts.Unlock()
+	return append([]*mount(nil), allMounts.list...)
+}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -151,4 +153,40 @@ func vmRSS(pid int) int {
 		}
 	}
 	return 0
+}
+
+// removeCgroupPartitions removes the cgroup directories that qemufs made
+// for the embedded instance at root ("qemufs-embed-HASH", below the
+// daemon's cgroup, which is the bench's) once they are empty: qemufs
+// leaves the instance's partition behind at unmount, and a guest's own
+// cgroup when its daemon was killed. rmdir only: a cgroup with processes
+// stays.
+func removeCgroupPartitions(root string) {
+	sum := sha256.Sum256([]byte(filepath.Clean(root)))
+	name := "qemufs-embed-" + hex.EncodeToString(sum[:6])
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.SplitN(l, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		ctrl := strings.TrimPrefix(f[1], "name=")
+		if ctrl == "" {
+			ctrl = "unified"
+			if _, err := os.Stat("/sys/fs/cgroup/unified"); err != nil {
+				ctrl = ""
+			}
+		}
+		for _, c := range strings.Split(ctrl, ",") {
+			dir := filepath.Join("/sys/fs/cgroup", c, f[2], name)
+			guests, _ := filepath.Glob(filepath.Join(dir, "*.qemu"))
+			for _, g := range guests {
+				os.Remove(g)
+			}
+			os.Remove(dir)
+		}
+	}
 }
