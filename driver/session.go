@@ -29,9 +29,9 @@ type MonitorSession struct {
 	mu      sync.Mutex
 	pending []byte
 	replies *stream.Log
-	rd      *stream.Reader
-	written int64        // reply bytes queued, guarded by mu
-	nread   atomic.Int64 // reply bytes read
+	written int64         // reply bytes queued, guarded by mu
+	nread   atomic.Int64  // reply bytes read, the offset of the next one
+	rmu     chan struct{} // one reader at a time
 	closed  chan struct{}
 	once    sync.Once
 }
@@ -47,8 +47,7 @@ func (d *Driver) OpenMonitor(name string, hmp bool) (*MonitorSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &MonitorSession{r: r, hmp: hmp, replies: stream.New(maxUnread+monitor.DefaultMaxReplySize, false), closed: make(chan struct{})}
-	s.rd = s.replies.NewReader()
+	s := &MonitorSession{r: r, hmp: hmp, replies: stream.New(maxUnread+monitor.DefaultMaxReplySize, false), rmu: make(chan struct{}, 1), closed: make(chan struct{})}
 	go func() {
 		select {
 		case <-r.done:
@@ -203,10 +202,24 @@ func (s *MonitorSession) queue(b []byte) {
 }
 
 // Read returns replies; it blocks until one is there, and ends (io.EOF)
-// once the domain has stopped and every reply was read.
+// once the domain has stopped and every reply was read. A read returns at
+// most one line, so that line readers of a regular file (head -1, the
+// shell's read, which read ahead and seek back, a seek the session cannot
+// honour) consume exactly the lines they use and leave the next reply
+// for the next reader.
 func (s *MonitorSession) Read(ctx context.Context, p []byte) (int, error) {
-	n, err := s.rd.Read(ctx, p)
-	s.nread.Add(int64(n))
+	select {
+	case s.rmu <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { <-s.rmu }()
+	got, next, err := s.replies.ReadAt(ctx, s.nread.Load(), p)
+	n := got
+	if i := bytes.IndexByte(p[:got], '\n'); i >= 0 {
+		n = i + 1
+	}
+	s.nread.Store(next - int64(got-n))
 	return n, err
 }
 

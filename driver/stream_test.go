@@ -51,7 +51,8 @@ func TestConsoleWriteInterrupted(t *testing.T) {
 
 // TestMonitorSessionUnread: a session whose reader does not keep up gets
 // its commands refused (ErrBusy) rather than losing or cutting replies;
-// every queued reply reads back whole, and then commands run again.
+// every queued reply reads back whole, and then commands run again; a
+// read returns one reply line at most.
 func TestMonitorSessionUnread(t *testing.T) {
 	d := newDriver(t)
 	ctx := context.Background()
@@ -98,8 +99,15 @@ func TestMonitorSessionUnread(t *testing.T) {
 			t.Fatalf("reply %d (%d bytes): %v, id %d", i, len(l), err, r.ID)
 		}
 	}
-	if _, err := s.Write(ctx, []byte(`{"execute":"query-name"}`)); err != nil {
-		t.Errorf("command after the reader caught up: %v", err)
+	// Two replies queued: a read of any size returns one line.
+	if _, err := s.Write(ctx, []byte(`{"execute":"query-name","id":"a"} {"execute":"query-name","id":"b"}`)); err != nil {
+		t.Fatalf("command after the reader caught up: %v", err)
+	}
+	for _, id := range []string{"a", "b"} {
+		n, err := s.Read(ctx, buf)
+		if want := `{"return": {"name": "m"}, "id": "` + id + `"}` + "\n"; err != nil || string(buf[:n]) != want {
+			t.Errorf("read: %q, %v; want %q", buf[:n], err, want)
+		}
 	}
 }
 

@@ -28,7 +28,8 @@ const streamFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE | fuse.FOPEN_S
 // sessionFlags are for monitor/qmp and monitor/hmp: direct I/O but
 // seekable, because coreutils' head(1) calls lseek(fd, 0, SEEK_CUR) on a
 // regular file after reading its line and reports ESPIPE as an error; the
-// offset is ignored. The price: a read blocked on a reply holds the file
+// offset is ignored (a read returns one line at most, so line readers
+// never need to seek back). The price: a read blocked on a reply holds the file
 // position lock, so a writer sharing the same open file (a dup'd fd) waits
 // for it; a session is used write-then-read, as `exec 3<>` scripts do.
 const sessionFlags = fuse.FOPEN_DIRECT_IO

@@ -341,7 +341,8 @@ func TestMonitorQMPConcurrent(t *testing.T) {
 	}
 }
 
-// TestMonitorQMPShell: the bash idiom of the docs, run by bash itself.
+// TestMonitorQMPShell: the bash idiom of the docs, run by bash itself, and
+// line readers that read ahead (head, read) taking one reply each.
 func TestMonitorQMPShell(t *testing.T) {
 	t.Parallel()
 	m := harness.Start(t, harness.Options{})
@@ -353,15 +354,34 @@ echo '{"execute":"query-status"}' >&3
 head -1 <&3
 echo '{"execute":"query-name","id":"n"}' >&3
 head -1 <&3
-exec 3>&-`
+# two replies queued: each line reader takes exactly one
+echo '{"execute":"query-name","id":1}{"execute":"query-name","id":2}{"execute":"query-name","id":3}' >&3
+head -1 <&3
+read -r l <&3; echo "$l"
+head -n1 <&3
+exec 3>&-
+# multi-line HMP output, a line at a time
+exec 4<>"$2"
+echo 'info chardev' >&4
+head -1 <&4 | cut -d: -f1
+read -r l <&4; echo "${l%%:*}"
+exec 4>&-`
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "bash", "-c", script, "-", m.Path("g", "monitor", "qmp")).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "bash", "-c", script, "-", m.Path("g", "monitor", "qmp"), m.Path("g", "monitor", "hmp")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("bash: %v: %s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 2 || !strings.Contains(lines[0], `"running": false`) || lines[1] != `{"return": {"name": "g"}, "id": "n"}` {
+	want := []string{
+		"",
+		`{"return": {"name": "g"}, "id": "n"}`,
+		`{"return": {"name": "g"}, "id": 1}`,
+		`{"return": {"name": "g"}, "id": 2}`,
+		`{"return": {"name": "g"}, "id": 3}`,
+	}
+	if len(lines) != 7 || !strings.Contains(lines[0], `"running": false`) || strings.Join(lines[1:5], "\n") != strings.Join(want[1:], "\n") ||
+		!(lines[5] == "charserial0" && lines[6] == "charmonitor" || lines[5] == "charmonitor" && lines[6] == "charserial0") {
 		t.Errorf("bash printed:\n%s", out)
 	}
 }
