@@ -137,7 +137,7 @@ func run(env *benchEnv, vp **virsh) error {
 	load0 := loadavg()
 	progress("building/loading the test guest")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	g, err := guest.Build(ctx, "")
+	g, err := guest.Build(ctx, os.Getenv("QEMUFS_GUEST_DIR")) // "": the default cache, as the tests
 	cancel()
 	if err != nil {
 		return err
