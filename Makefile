@@ -63,6 +63,8 @@ test: deps build guest check
 bench: deps build guest
 	@scripts/bench-deps.sh
 	$(GO) run ./bench -qemufs $(CURDIR)/$(BIN) $(BENCH_FLAGS)
+	@echo "capabilities probing (cold probe vs the same QMP queries on bare QEMU; warm cache):"
+	$(GO) test -run '^$$' -bench 'ProbeColdVsBare|ProbeWarm' -benchtime 10x ./capabilities
 
 clean:
 	rm -rf bin
