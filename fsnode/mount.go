@@ -27,7 +27,12 @@ func Mount(mountpoint string, cfg *Config) (*fuse.Server, error) {
 			AllowOther:  cfg.Access.Shared,
 			DirectMount: os.Geteuid() == 0, // faster, and no fusermount3 needed as root
 			MaxWrite:    1 << 20,
-			Debug:       os.Getenv("QEMUFS_FUSE_DEBUG") != "",
+			// Every read reply is bytes in memory (ReadResultData): with
+			// splice on, go-fuse first tries to splice each one through a
+			// pipe, fails, drains the pipe and then writes it; a few
+			// system calls more on every read.
+			DisableSplice: true,
+			Debug:         os.Getenv("QEMUFS_FUSE_DEBUG") != "",
 		},
 	}
 	srv, err := fs.Mount(mountpoint, NewRoot(cfg), opts)
