@@ -75,7 +75,7 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &streamHandle{rd: rd}, streamFlags, nil
+		return newLineStream(rd), lineStreamFlags, nil
 	}, nil)
 	mon := in.NewPersistentInode(ctx, &dirNode{root: r, perm: 0o550}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	in.AddChild("monitor", mon, true)
@@ -86,7 +86,7 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &streamHandle{rd: rd}, streamFlags, nil
+		return newLineStream(rd), lineStreamFlags, nil
 	}, nil)
 }
 

@@ -276,13 +276,36 @@ func (h *ctlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	return uint32(len(data)), 0
 }
 
-// streamHandle follows a stream like tail -f.
-type streamHandle struct{ rd *stream.Reader }
+// lineStreamFlags are for the read-only JSON-per-line streams (events,
+// monitor/events): like streamFlags but seekable, because coreutils'
+// head(1) seeks after reading its lines and reports ESPIPE as an error
+// ("cannot seek to relative offset 0"). The offset is ignored and a read
+// returns one line at most, so a reader that reads ahead never needs to
+// give bytes back. With no writer, the file position lock that a blocked
+// read holds on a shared descriptor costs nothing but serial reads.
+const lineStreamFlags = fuse.FOPEN_DIRECT_IO
 
-var _ fs.FileReader = (*streamHandle)(nil)
+// lineStreamHandle follows a JSON-per-line stream like tail -f, one line
+// per read.
+type lineStreamHandle struct {
+	rd *stream.Reader
+	mu chan struct{} // one read at a time: rd is not safe for concurrent use
+}
 
-func (h *streamHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return readStream(ctx, h.rd.Read, dest)
+var _ fs.FileReader = (*lineStreamHandle)(nil)
+
+func newLineStream(rd *stream.Reader) *lineStreamHandle {
+	return &lineStreamHandle{rd: rd, mu: make(chan struct{}, 1)}
+}
+
+func (h *lineStreamHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	select {
+	case h.mu <- struct{}{}:
+	case <-ctx.Done():
+		return nil, syscall.EINTR
+	}
+	defer func() { <-h.mu }()
+	return readStream(ctx, h.rd.ReadLine, dest)
 }
 
 // readStream blocks for data; an interrupted reader gets EINTR at once.

@@ -157,3 +157,16 @@ func (r *Reader) Read(ctx context.Context, p []byte) (int, error) {
 	r.off = next
 	return n, err
 }
+
+// ReadLine is Read that stops after the first newline, leaving the rest
+// for the next call: one line per call for readers that read ahead and
+// cannot give back what they did not use (head -1 on a stream file).
+func (r *Reader) ReadLine(ctx context.Context, p []byte) (int, error) {
+	n, next, err := r.log.ReadAt(ctx, r.off, p)
+	if i := indexByte(p[:n], '\n'); i >= 0 && i+1 < n {
+		next -= int64(n - (i + 1))
+		n = i + 1
+	}
+	r.off = next
+	return n, err
+}

@@ -137,3 +137,41 @@ func TestWriteAfterClose(t *testing.T) {
 		t.Errorf("got %v, want ErrClosed", err)
 	}
 }
+
+// TestReadLine: one line per call, whatever the buffer; a line longer
+// than the buffer comes in pieces; dropped history is skipped as by Read.
+func TestReadLine(t *testing.T) {
+	l := New(16, true)
+	r := l.NewReader()
+	l.Write([]byte("ab\ncd\n"))
+	l.Write([]byte("efghij\n"))
+	ctx := context.Background()
+	buf := make([]byte, 64)
+	for _, want := range []string{"ab\n", "cd\n", "efghij\n"} {
+		n, err := r.ReadLine(ctx, buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("ReadLine: %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+	l.Write([]byte("0123456789\n"))
+	small := make([]byte, 4)
+	var got string
+	for !strings.HasSuffix(got, "\n") {
+		n, err := r.ReadLine(ctx, small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += string(small[:n])
+	}
+	if got != "0123456789\n" {
+		t.Errorf("long line in pieces: %q", got)
+	}
+	// A reader left behind resumes at the oldest retained line.
+	old := l.NewReader()
+	l.Write([]byte("klmnopq\n"))
+	l.Write([]byte("rs\n"))
+	n, _ := old.ReadLine(ctx, buf)
+	if string(buf[:n]) != "klmnopq\n" {
+		t.Errorf("reader behind: %q", buf[:n])
+	}
+}

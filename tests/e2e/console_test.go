@@ -81,7 +81,7 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The shell's idiom: echo > console (open with O_TRUNC).
-	out, err := exec.Command("bash", "-c", `echo 'echo sh-$((2*3))' > "$1"`, "-", m.Path("g", "console")).CombinedOutput()
+	out, err := bash(time.Minute, `echo 'echo sh-$((2*3))' > "$1"`, m.Path("g", "console"))
 	if err != nil {
 		t.Fatalf("echo > console: %v: %s", err, out)
 	}

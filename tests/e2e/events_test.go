@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -258,5 +259,46 @@ func TestStreamSignals(t *testing.T) {
 	m.MustCtl("g", "resume")
 	if err := ev.Wait(`"resumed"`, boot); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestEventsShell: the event files from a shell: head -1 takes one event
+// each time, with no error (head seeks after reading), and cat of
+// monitor/events ends when the domain stops.
+func TestEventsShell(t *testing.T) {
+	t.Parallel()
+	m := harness.Start(t, harness.Options{})
+	m.Define("g", bareXML("g", ""))
+	script := `set -e
+exec 4<"$1/events"
+echo 'start --paused' > "$1/ctl"
+head -1 <&4
+head -1 <&4
+exec 5<"$1/monitor/events"
+echo resume > "$1/ctl"
+head -1 <&5
+echo destroy > "$1/ctl"
+cat <&5 >/dev/null
+head -n 1 <&4
+echo done`
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stderr strings.Builder
+	cmd := exec.CommandContext(ctx, "bash", "-c", script, "-", m.Path("g"))
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("bash: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	want := []string{`"event":"started"`, `"event":"paused"`, `"event": "RESUME"`, `"event":"resumed"`, "done"}
+	if len(lines) != len(want) {
+		t.Fatalf("bash printed:\n%s", out)
+	}
+	for i, w := range want {
+		if !strings.Contains(lines[i], w) {
+			t.Errorf("line %d %q, want %s", i+1, lines[i], w)
+		}
 	}
 }

@@ -366,9 +366,7 @@ echo 'info chardev' >&4
 head -1 <&4 | cut -d: -f1
 read -r l <&4; echo "${l%%:*}"
 exec 4>&-`
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "bash", "-c", script, "-", m.Path("g", "monitor", "qmp"), m.Path("g", "monitor", "hmp")).CombinedOutput()
+	out, err := bash(time.Minute, script, m.Path("g", "monitor", "qmp"), m.Path("g", "monitor", "hmp"))
 	if err != nil {
 		t.Fatalf("bash: %v: %s", err, out)
 	}
@@ -412,7 +410,7 @@ func TestMonitorHMP(t *testing.T) {
 		t.Errorf("bad info command: %q", l)
 	}
 	// Several lines of output, read by a shell.
-	out, err := exec.Command("bash", "-c", `exec 3<>"$1"; echo 'info chardev' >&3; head -2 <&3`, "-", m.Path("g", "monitor", "hmp")).CombinedOutput()
+	out, err := bash(time.Minute, `exec 3<>"$1"; echo 'info chardev' >&3; head -2 <&3`, m.Path("g", "monitor", "hmp"))
 	if err != nil || !strings.Contains(string(out), "charmonitor") && !strings.Contains(string(out), "charserial0") {
 		t.Errorf("info chardev through bash: %v: %q", err, out)
 	}
@@ -481,6 +479,17 @@ func subsequence(got []string, want ...string) bool {
 		}
 	}
 	return i == len(want)
+}
+
+// bash runs script with args ($1...) and returns its output (stdout and
+// stderr); a script still running after timeout is killed, and so are
+// the reads of its children (WaitDelay stops waiting for their output).
+func bash(timeout time.Duration, script string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", append([]string{"-c", script, "-"}, args...)...)
+	cmd.WaitDelay = 5 * time.Second
+	return cmd.CombinedOutput()
 }
 
 // medianMillis is the median of ds in milliseconds.
