@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/qemufs/qemufs/domain"
 )
 
 // guestXML is the bench's domain: the test guest (kernel + initramfs),
@@ -55,7 +57,7 @@ func qmpCommandline(path string) string {
 // shell-quoted line) into the command the bench runs by hand: the same
 // binary and arguments without qemufs's monitor, which the caller replaces.
 func bareCommand(argvLine string) (path string, args []string, err error) {
-	words, err := shellWords(strings.TrimSpace(argvLine))
+	words, err := domain.ShellWords(strings.TrimSpace(argvLine))
 	if err != nil {
 		return "", nil, err
 	}
@@ -105,56 +107,6 @@ func isEnvAssign(w string) bool {
 		}
 	}
 	return true
-}
-
-// shellWords splits a POSIX shell command line (quotes and backslashes,
-// no expansions), as written by qemufs's argv file.
-func shellWords(s string) ([]string, error) {
-	var out []string
-	var cur strings.Builder
-	inWord := false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '\\' && i+1 < len(s):
-			cur.WriteByte(s[i+1])
-			inWord = true
-			i++
-		case c == '\'':
-			j := strings.IndexByte(s[i+1:], '\'')
-			if j < 0 {
-				return nil, fmt.Errorf("unterminated single quote")
-			}
-			cur.WriteString(s[i+1 : i+1+j])
-			inWord = true
-			i += j + 1
-		case c == '"':
-			i++
-			for ; i < len(s) && s[i] != '"'; i++ {
-				if s[i] == '\\' && i+1 < len(s) && strings.IndexByte("\"\\$`\n", s[i+1]) >= 0 {
-					i++
-				}
-				cur.WriteByte(s[i])
-			}
-			if i >= len(s) {
-				return nil, fmt.Errorf("unterminated double quote")
-			}
-			inWord = true
-		case c == ' ' || c == '\t' || c == '\n':
-			if inWord {
-				out = append(out, cur.String())
-				cur.Reset()
-				inWord = false
-			}
-		default:
-			cur.WriteByte(c)
-			inWord = true
-		}
-	}
-	if inWord {
-		out = append(out, cur.String())
-	}
-	return out, nil
 }
 
 // bareQEMU is a QEMU the bench starts by hand.

@@ -31,7 +31,7 @@ import (
 // The result is validated like Parse's, but not expanded: Expand fills in
 // the UUID, addresses and defaults.
 func FromNative(argv string) (*Domain, error) {
-	words, err := shellWords(argv)
+	words, err := ShellWords(argv)
 	if err != nil {
 		return nil, &Error{Msg: "command line: " + err.Error()}
 	}
@@ -71,9 +71,10 @@ func isEnvAssign(w string) bool {
 	return i > 0 && envNameRE.MatchString(w[:i])
 }
 
-// shellWords splits a POSIX shell command line (quotes, backslashes,
-// backslash-newline continuations; no expansions).
-func shellWords(s string) ([]string, error) {
+// ShellWords splits a POSIX shell command line (quotes, backslashes,
+// backslash-newline continuations; no expansions), as `argv` and to-native
+// print one, so that callers can run what qemufs shows.
+func ShellWords(s string) ([]string, error) {
 	var out []string
 	var cur strings.Builder
 	inWord := false
