@@ -24,10 +24,7 @@ const panicDevice = "    <panic model='isa'/>"
 func TestKilledExternally(t *testing.T) {
 	t.Parallel()
 	m := harness.Start(t, harness.Options{})
-	g := harness.Guest(t)
-	m.Define("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
-	m.MustCtl("g", "start")
-	m.WaitConsole("g", g.ReadyLine, boot)
+	m.Boot("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
 	harness.WaitKill(m.Pid("g"), syscall.SIGKILL)
 	m.WaitState("g", "shut off (crashed)", boot)
 	if msg := m.ErrorOf("g"); !strings.Contains(msg, "QEMU ended unexpectedly") || !strings.Contains(msg, "killed") {
@@ -45,10 +42,7 @@ func TestKilledExternally(t *testing.T) {
 func TestQMPQuit(t *testing.T) {
 	t.Parallel()
 	m := harness.Start(t, harness.Options{})
-	g := harness.Guest(t)
-	m.Define("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
-	m.MustCtl("g", "start")
-	m.WaitConsole("g", g.ReadyLine, boot)
+	m.Boot("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
 	reply, err := m.QMP("g", `{"execute":"quit"}`, time.Minute)
 	if err != nil || !strings.Contains(reply, `"return"`) {
 		t.Errorf("quit: %q, %v", reply, err)

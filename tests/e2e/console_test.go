@@ -143,10 +143,7 @@ func TestConsoleTmux(t *testing.T) {
 		t.Skip("tmux is not installed (scripts/deps.sh installs it)")
 	}
 	m := harness.Start(t, harness.Options{})
-	g := harness.Guest(t)
-	m.Define("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
-	m.MustCtl("g", "start")
-	m.WaitConsole("g", g.ReadyLine, boot)
+	m.Boot("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
 
 	// A private tmux server (its own socket), ended at cleanup.
 	sock := filepath.Join(t.TempDir(), "tmux.sock")

@@ -2,14 +2,13 @@ package e2e
 
 import (
 	"testing"
-	"time"
 
 	"github.com/qemufs/qemufs/tests/guest"
 	"github.com/qemufs/qemufs/tests/harness"
 )
 
 // boot is generous: TCG on a loaded 2-core machine.
-const boot = 90 * time.Second
+const boot = harness.BootTimeout
 
 // TestLifecycle boots the test guest through the mount: define, start, see
 // the ready line on the console, shut down by ACPI, start again, destroy,

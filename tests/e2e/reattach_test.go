@@ -28,10 +28,7 @@ func echoOnConsole(t *testing.T, m *harness.Mount, name string, n int) {
 func TestReattach(t *testing.T) {
 	t.Parallel()
 	m := harness.Start(t, harness.Options{})
-	g := harness.Guest(t)
-	m.Define("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
-	m.MustCtl("g", "start")
-	m.WaitConsole("g", g.ReadyLine, boot)
+	m.Boot("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
 	echoOnConsole(t, m, "g", 1)
 	pid := m.Pid("g")
 
@@ -76,9 +73,7 @@ func TestReattachDead(t *testing.T) {
 	t.Parallel()
 	m := harness.Start(t, harness.Options{})
 	g := harness.Guest(t)
-	m.Define("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
-	m.MustCtl("g", "start")
-	m.WaitConsole("g", g.ReadyLine, boot)
+	m.Boot("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
 	pid := m.Pid("g")
 
 	m.KillDaemon()

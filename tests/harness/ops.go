@@ -239,3 +239,15 @@ func QMPSocket(path, cmd string, timeout time.Duration) (string, error) {
 	}
 	return "", nil
 }
+
+// BootTimeout bounds a test guest's boot: TCG on a loaded 2-core machine.
+const BootTimeout = 90 * time.Second
+
+// Boot defines NAME with xml (a harness.GuestXML), starts it and waits for
+// the test guest's ready line on its console.
+func (m *Mount) Boot(name, xml string) {
+	m.t.Helper()
+	m.Define(name, xml)
+	m.MustCtl(name, "start")
+	m.WaitConsole(name, Guest(m.t).ReadyLine, BootTimeout)
+}
