@@ -14,33 +14,15 @@ import (
 	"time"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/tests/guest"
 )
 
 // guestXML is the bench's domain: the test guest (kernel + initramfs),
 // 192 MiB, one vCPU, a pty serial console, as the end-to-end tests use;
 // extra goes at the end of the domain (a qemu:commandline block).
 func guestXML(name string, env *benchEnv, extra string) string {
-	ns := ""
-	if extra != "" {
-		ns = ` xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'`
-	}
-	return fmt.Sprintf(`<domain type='qemu'%s>
-  <name>%s</name>
-  <memory unit='MiB'>192</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>%s</kernel>
-    <initrd>%s</initrd>
-    <cmdline>%s</cmdline>
-  </os>
-  <features><acpi/></features>
-  <devices>
-    <serial type='pty'/>
-    <console type='pty'/>
-  </devices>
-%s</domain>
-`, ns, name, env.kernel, env.initrd, env.cmdline, extra)
+	g := guest.Guest{Kernel: env.kernel, Initrd: env.initrd, Cmdline: env.cmdline}
+	return g.DomainXML(name, guest.ActionNone, "", extra)
 }
 
 // qmpCommandline adds a second QMP socket at path through the domain's

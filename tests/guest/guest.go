@@ -136,3 +136,32 @@ func scriptPath() (string, error) {
 	}
 	return p, nil
 }
+
+// DomainXML is a libvirt domain XML that boots the guest: 192 MiB, one
+// vCPU, ACPI (so that shutdown works), a pty serial port and console.
+// devices goes inside <devices>; tail goes after it (a qemu:commandline
+// block, whose namespace is declared when tail uses it).
+func (g *Guest) DomainXML(name string, action Action, devices, tail string) string {
+	ns := ""
+	if strings.Contains(tail, "qemu:") {
+		ns = ` xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'`
+	}
+	return fmt.Sprintf(`<domain type='qemu'%s>
+  <name>%s</name>
+  <memory unit='MiB'>192</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>%s</kernel>
+    <initrd>%s</initrd>
+    <cmdline>%s</cmdline>
+  </os>
+  <features><acpi/></features>
+  <devices>
+    <serial type='pty'/>
+    <console type='pty'/>
+%s
+  </devices>
+%s</domain>
+`, ns, name, g.Kernel, g.Initrd, g.Append(action), devices, tail)
+}

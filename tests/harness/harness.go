@@ -436,25 +436,7 @@ func Guest(t testing.TB) *guest.Guest {
 // a pty serial console, user networking off; extra is added to <devices>,
 // action picks what the guest does once up (poweroff, panic, ...).
 func GuestXML(t testing.TB, name string, action guest.Action, extra string) string {
-	g := Guest(t)
-	return fmt.Sprintf(`<domain type='qemu'>
-  <name>%s</name>
-  <memory unit='MiB'>192</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>%s</kernel>
-    <initrd>%s</initrd>
-    <cmdline>%s</cmdline>
-  </os>
-  <features><acpi/></features>
-  <devices>
-    <serial type='pty'/>
-    <console type='pty'/>
-%s
-  </devices>
-</domain>
-`, name, g.Kernel, g.Initrd, g.Append(action), extra)
+	return Guest(t).DomainXML(name, action, extra, "")
 }
 
 // Remove undefines NAME (rmdir).
