@@ -165,10 +165,11 @@ func (d *Driver) Start(ctx context.Context, name string, o StartOptions) (err er
 }
 
 func (d *Driver) startLocked(ctx context.Context, dm *dom, o StartOptions) error {
-	// A start is bounded by its own timeouts and leaves nothing behind when
-	// it fails, so it is not abandoned when the caller is interrupted: the
-	// kernel sends FUSE an interrupt for any signal the writer handles
-	// (SIGCHLD in a shell, Go's runtime signals), not only for Ctrl-C.
+	// A start is short and bounded by its own timeouts, so it runs to its
+	// end even when the caller is interrupted: a writer that retries after
+	// EINTR finds the guest started rather than a half-undone start. (The
+	// filesystem already ignores interrupts from benign signals such as
+	// SIGCHLD; see fsnode's userInterrupts.)
 	ctx = context.WithoutCancel(ctx)
 	dm.op.Lock()
 	defer dm.op.Unlock()
