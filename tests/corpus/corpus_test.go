@@ -43,6 +43,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
@@ -55,22 +56,33 @@ import (
 )
 
 // corpusDir is where the corpus lives: $QEMUFS_CORPUS, else
-// shared/corpus/libvirt-qemuxml beside the checkout or beside one of the
-// directories above it (the project's shared folder).
+// shared/corpus/libvirt-qemuxml beside the checkout or one of the
+// directories above it (the project's shared folder); for a clone of a
+// local checkout (git clone . /tmp/fresh), the same beside its origin.
 var corpusDir = func() string {
 	if d := os.Getenv("QEMUFS_CORPUS"); d != "" {
 		return d
 	}
 	rel := filepath.Join("shared", "corpus", "libvirt-qemuxml")
-	dir, _ := filepath.Abs(filepath.Join("..", "..", ".."))
-	for ; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, rel, "TIERS.txt")); err == nil {
-			return filepath.Join(dir, rel)
-		}
-		if dir == filepath.Dir(dir) {
-			return filepath.Join("..", "..", "..", rel)
+	starts := []string{filepath.Join("..", "..")}
+	if out, err := exec.Command("git", "config", "--get", "remote.origin.url").Output(); err == nil {
+		if origin := strings.TrimSpace(string(out)); filepath.IsAbs(origin) {
+			starts = append(starts, origin)
 		}
 	}
+	for _, start := range starts {
+		dir, _ := filepath.Abs(start)
+		for {
+			if _, err := os.Stat(filepath.Join(dir, rel, "TIERS.txt")); err == nil {
+				return filepath.Join(dir, rel)
+			}
+			if dir == filepath.Dir(dir) {
+				break
+			}
+			dir = filepath.Dir(dir)
+		}
+	}
+	return filepath.Join("..", "..", "..", rel)
 }()
 
 type corpusCase struct {
