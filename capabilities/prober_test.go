@@ -317,13 +317,26 @@ func TestProbeKillsWrapperChildren(t *testing.T) {
 		t.Fatalf("log %q: %v", b, err)
 	}
 	// Killed: gone, or a zombie waiting for its new parent to reap it.
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err == nil {
-		if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 && f[0] != "Z" {
-			syscall.Kill(pid, syscall.SIGKILL)
-			t.Errorf("wrapper's child %d still running (state %s)", pid, f[0])
+	// SIGKILL takes effect when the child is next scheduled, which on a
+	// loaded machine may be a moment after Probe returned.
+	state := ""
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 {
+			state = f[0]
+		}
+		if state == "Z" {
+			return
+		}
+		if time.Now().After(deadline) {
+			break
 		}
 	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	t.Errorf("wrapper's child %d still running 5 s after the probe timed out (state %s)", pid, state)
 }
 
 // TestProbeRespectsContext: cancelling the caller's context ends all probes
