@@ -196,6 +196,13 @@ add_module button
 add_module pvpanic optional
 add_module pvpanic-mmio optional
 add_module pvpanic-pci optional
+# Devices that tests plug in or give the guest: virtio disks, NICs, serial
+# ports (the guest agent's channel), SCSI/CD-ROM and the raw sockets udhcpc
+# uses. Each may be built in, which add_module accepts.
+for m in virtio_pci virtio_blk virtio_net virtio_console virtio_scsi virtio_rng \
+	virtio_balloon sd_mod sr_mod cdrom ata_piix ata_generic af_packet; do
+	add_module "$m" optional
+done
 printf '%s\n' "${modorder[@]}" >"$R/etc/modules"
 
 printf 'PWRF pwrf\n' >"$R/etc/acpid.conf"
