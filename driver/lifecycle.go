@@ -26,8 +26,120 @@ type StartOptions struct {
 	Autodestroy bool
 }
 
-// Commands lists the ctl commands, for messages and docs.
-var Commands = []string{"start [--paused] [--autodestroy]", "shutdown [--timeout=N]", "destroy", "reboot", "reset", "suspend", "resume", "autostart on|off"}
+// ctlCommand is one ctl command: its usage line (for messages and docs)
+// and what runs it. args are the words after the command's name.
+type ctlCommand struct {
+	usage string
+	run   func(ctx context.Context, d *Driver, dm *dom, args []string) error
+}
+
+// ctlCommands holds every ctl command by name. The lifecycle commands are
+// here; the day-2 and secondary-driver commands add themselves from the
+// files that implement them (registerCommand in an init function).
+var ctlCommands = map[string]ctlCommand{}
+
+// commandOrder keeps the order commands were registered in, for messages.
+var commandOrder []string
+
+// registerCommand adds a ctl command; usage starts with the name.
+func registerCommand(usage string, run func(ctx context.Context, d *Driver, dm *dom, args []string) error) {
+	name, _, _ := strings.Cut(usage, " ")
+	if _, dup := ctlCommands[name]; dup {
+		panic("driver: ctl command " + name + " registered twice")
+	}
+	ctlCommands[name] = ctlCommand{usage: usage, run: run}
+	commandOrder = append(commandOrder, name)
+}
+
+// Commands lists the usage of every ctl command, for messages and docs.
+func Commands() []string {
+	out := make([]string, len(commandOrder))
+	for i, n := range commandOrder {
+		out[i] = ctlCommands[n].usage
+	}
+	return out
+}
+
+// errBadArgs is returned by a command's run for arguments it cannot use;
+// Control turns it into a message with the command's usage.
+var errBadArgs = errors.New("bad arguments")
+
+// noArgs wraps a command that takes no arguments.
+func noArgs(fn func(ctx context.Context, d *Driver, dm *dom) error) func(context.Context, *Driver, *dom, []string) error {
+	return func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+		if len(args) > 0 {
+			return errBadArgs
+		}
+		return fn(ctx, d, dm)
+	}
+}
+
+func init() {
+	registerCommand("start [--paused] [--autodestroy]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+		var o StartOptions
+		for _, a := range args {
+			switch a {
+			case "--paused":
+				o.Paused = true
+			case "--autodestroy":
+				o.Autodestroy = true
+			default:
+				return errBadArgs
+			}
+		}
+		return d.startLocked(ctx, dm, o)
+	})
+	registerCommand("shutdown [--timeout=N]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+		var timeout time.Duration
+		for _, a := range args {
+			v, ok := strings.CutPrefix(a, "--timeout=")
+			n, err := strconv.Atoi(v)
+			if !ok || err != nil || n < 0 {
+				return errBadArgs
+			}
+			timeout = time.Duration(n) * time.Second
+		}
+		return d.shutdown(ctx, dm, timeout)
+	})
+	registerCommand("destroy", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
+		dm.op.Lock()
+		defer dm.op.Unlock()
+		return d.destroy(ctx, dm, ReasonDestroyed)
+	}))
+	registerCommand("reboot", noArgs(func(ctx context.Context, d *Driver, dm *dom) error { return d.reboot(ctx, dm) }))
+	registerCommand("reset", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
+		return d.simple(dm, "reset", func(r *run) error { return r.qmp.SystemReset() })
+	}))
+	registerCommand("suspend", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
+		return d.simple(dm, "suspend", func(r *run) error {
+			r.mu.Lock()
+			r.pauseReason = ReasonUser
+			r.mu.Unlock()
+			if err := r.qmp.Stop(); err != nil {
+				return err
+			}
+			dm.transition(StateRunning, StatePaused, ReasonUser, EventPaused)
+			r.saveStatus()
+			return nil
+		})
+	}))
+	registerCommand("resume", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
+		return d.simple(dm, "resume", func(r *run) error {
+			if err := r.qmp.Cont(); err != nil {
+				return err
+			}
+			dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
+			r.saveStatus()
+			return nil
+		})
+	}))
+	registerCommand("autostart on|off", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+		if len(args) != 1 || args[0] != "on" && args[0] != "off" {
+			return errBadArgs
+		}
+		return d.setAutostart(dm, args[0] == "on")
+	})
+}
 
 // Control runs one ctl command line, synchronously.
 func (d *Driver) Control(ctx context.Context, name, line string) (err error) {
@@ -42,89 +154,18 @@ func (d *Driver) Control(ctx context.Context, name, line string) (err error) {
 	}
 	f := strings.Fields(line)
 	if len(f) == 0 {
-		return errorf(ErrInvalid, "%s: empty command; commands: %s", name, strings.Join(Commands, ", "))
+		return errorf(ErrInvalid, "%s: empty command; commands: %s", name, strings.Join(Commands(), ", "))
 	}
 	cmd, args := f[0], f[1:]
-	bad := func() error {
-		return errorf(ErrInvalid, "%s: bad arguments for %s: %q; usage: %s", name, cmd, strings.Join(args, " "), usage(cmd))
+	c, ok := ctlCommands[cmd]
+	if !ok {
+		return errorf(ErrInvalid, "%s: unknown command %q; commands: %s", name, cmd, strings.Join(Commands(), ", "))
 	}
-	switch cmd {
-	case "start":
-		var o StartOptions
-		for _, a := range args {
-			switch a {
-			case "--paused":
-				o.Paused = true
-			case "--autodestroy":
-				o.Autodestroy = true
-			default:
-				return bad()
-			}
-		}
-		return d.startLocked(ctx, dm, o)
-	case "shutdown":
-		var timeout time.Duration
-		for _, a := range args {
-			v, ok := strings.CutPrefix(a, "--timeout=")
-			n, err := strconv.Atoi(v)
-			if !ok || err != nil || n < 0 {
-				return bad()
-			}
-			timeout = time.Duration(n) * time.Second
-		}
-		return d.shutdown(ctx, dm, timeout)
-	case "autostart":
-		if len(args) != 1 || args[0] != "on" && args[0] != "off" {
-			return bad()
-		}
-		return d.setAutostart(dm, args[0] == "on")
+	err = c.run(ctx, d, dm, args)
+	if errors.Is(err, errBadArgs) {
+		return errorf(ErrInvalid, "%s: bad arguments for %s: %q; usage: %s", name, cmd, strings.Join(args, " "), c.usage)
 	}
-	if len(args) > 0 {
-		if usage(cmd) != "" {
-			return bad()
-		}
-	}
-	switch cmd {
-	case "destroy":
-		dm.op.Lock()
-		defer dm.op.Unlock()
-		return d.destroy(ctx, dm, ReasonDestroyed)
-	case "reboot":
-		return d.reboot(ctx, dm)
-	case "reset":
-		return d.simple(dm, "reset", func(r *run) error { return r.qmp.SystemReset() })
-	case "suspend":
-		return d.simple(dm, "suspend", func(r *run) error {
-			r.mu.Lock()
-			r.pauseReason = ReasonUser
-			r.mu.Unlock()
-			if err := r.qmp.Stop(); err != nil {
-				return err
-			}
-			dm.transition(StateRunning, StatePaused, ReasonUser, EventPaused)
-			r.saveStatus()
-			return nil
-		})
-	case "resume":
-		return d.simple(dm, "resume", func(r *run) error {
-			if err := r.qmp.Cont(); err != nil {
-				return err
-			}
-			dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
-			r.saveStatus()
-			return nil
-		})
-	}
-	return errorf(ErrInvalid, "%s: unknown command %q; commands: %s", name, cmd, strings.Join(Commands, ", "))
-}
-
-func usage(cmd string) string {
-	for _, c := range Commands {
-		if c == cmd || strings.HasPrefix(c, cmd+" ") {
-			return c
-		}
-	}
-	return ""
+	return err
 }
 
 // activeRun returns the domain's run, or an ErrBusy error naming op.
