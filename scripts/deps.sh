@@ -17,30 +17,42 @@ for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils fusermount3:f
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need="$need $pkg"
 done
-# The test guest is built from these; they are downloaded, not installed.
+# The test guest is built from packages that are downloaded, not installed.
 if [ -n "$need" ]; then
 	echo "deps: installing$need"
 	as_root apt-get update -qq
 	as_root apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
 
-# Go, at the version go.mod names, from the Go module proxy (the toolchain
-# is published there as golang.org/toolchain) into /usr/local/go.
-if ! command -v go >/dev/null 2>&1; then
+# Go, at the version go.mod names, into /usr/local/go. The toolchain is a
+# module (golang.org/toolchain) that the go command fetches through the
+# configured module proxy, as GOTOOLCHAIN does; Debian's Go package, unpacked
+# into a temporary directory and never installed, is the go command that
+# fetches it on a machine that has none.
+install_go() {
 	v=$(sed -n 's/^go \([0-9.]*\)$/\1/p' go.mod)
-	echo "deps: installing Go $v into /usr/local/go"
-	for c in curl unzip; do
-		command -v $c >/dev/null 2>&1 || { as_root apt-get update -qq; as_root apt-get install -y -qq $c >/dev/null; }
-	done
+	dest=${GO_INSTALL_DIR:-/usr/local/go}
+	echo "deps: installing Go $v into $dest"
 	tmp=$(mktemp -d)
-	mod="v0.0.1-go$v.linux-amd64"
-	curl -fsSL -o "$tmp/go.zip" "${GOPROXY_URL:-https://proxy.golang.org}/golang.org/toolchain/@v/$mod.zip"
-	unzip -q "$tmp/go.zip" -d "$tmp"
-	as_root rm -rf /usr/local/go
-	as_root mv "$tmp/golang.org/toolchain@$mod" /usr/local/go
-	as_root chmod -R a+rX /usr/local/go
-	as_root find /usr/local/go/bin /usr/local/go/pkg/tool -type f -exec chmod +x {} +
-	rm -rf "$tmp"
+	chmod 755 "$tmp" # apt's _apt sandbox user writes the downloads
+	trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT
+	as_root apt-get update -qq
+	(cd "$tmp" && apt-get download -qq golang-1.19-go golang-1.19-src </dev/null >/dev/null)
+	for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/boot"; done
+	boot="$tmp/boot/usr/lib/go-1.19"
+	mod="golang.org/toolchain@v0.0.1-go$v.linux-amd64"
+	dir=$(cd "$tmp" && GOROOT="$boot" GOPATH="$tmp/gopath" GOFLAGS=-modcacherw GO111MODULE=on \
+		"$boot/bin/go" mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[ -n "$dir" ] && [ -f "$dir/bin/go" ] || { echo "deps: could not fetch $mod through the module proxy" >&2; exit 1; }
+	as_root rm -rf "$dest"
+	as_root mkdir -p "$(dirname "$dest")"
+	as_root cp -a "$dir" "$dest"
+	as_root chmod -R u+w,a+rX "$dest"
+	as_root find "$dest/bin" "$dest/pkg/tool" -type f -exec chmod +x {} +
+	"$dest/bin/go" version
+}
+if ! command -v go >/dev/null 2>&1; then
+	install_go
 fi
 if ! command -v staticcheck >/dev/null 2>&1; then
 	echo "deps: installing staticcheck"
