@@ -13,7 +13,7 @@ RUN_MNT ?= $(CURDIR)/mnt
 # Test timeouts are generous: the machine may be a loaded 2-core box.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all deps build run stop test unit e2e guest check bench clean
+.PHONY: all deps build run stop test unit e2e guest check bench fuzz clean
 
 all: build
 
@@ -65,6 +65,13 @@ bench: deps build guest
 	$(GO) run ./bench -qemufs $(CURDIR)/$(BIN) $(BENCH_FLAGS)
 	@echo "capabilities probing (cold probe vs the same QMP queries on bare QEMU; warm cache):"
 	$(GO) test -run '^$$' -bench 'ProbeColdVsBare|ProbeWarm' -benchtime 10x ./capabilities
+
+# make fuzz: every Go fuzz target for FUZZTIME seconds each (default 60);
+# not part of make test. Failing inputs land in testdata/fuzz/ and become
+# regression cases that make test runs.
+FUZZTIME ?= 60
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZTIME)
 
 clean:
 	rm -rf bin

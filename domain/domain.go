@@ -108,6 +108,7 @@ func wellFormed(data []byte) error {
 // quoted attributes, no XML declaration, a final newline.
 func (d *Domain) XML() []byte {
 	doc := d.doc.Copy()
+	marked := markUnescaped(doc.Root())
 	doc.WriteSettings.AttrSingleQuote = true
 	doc.WriteSettings.CanonicalEndTags = false
 	s := etree.NewIndentSettings()
@@ -116,8 +117,78 @@ func (d *Domain) XML() []byte {
 	s.SuppressTrailingWhitespace = true
 	doc.IndentWithSettings(s)
 	b, _ := doc.WriteToBytes()
+	if marked {
+		b = unmark.Replace(b)
+	}
 	b = bytes.TrimSpace(b)
 	return append(b, '\n')
+}
+
+// etree writes a carriage return in text, and a newline, tab or carriage
+// return in an attribute, as the character itself, which an XML parser
+// reads back as a newline or a space: a definition would not survive its
+// own XML (an argument with a newline in <qemu:arg value=.../>, say).
+// markUnescaped replaces them by private-use runes that unmark turns into
+// character references after writing. Documents that already hold those
+// runes are left as they are (and lose the characters as before).
+var (
+	markText = strings.NewReplacer("\r", "\uE00D")
+	markAttr = strings.NewReplacer("\r", "\uE00D", "\n", "\uE00A", "\t", "\uE009")
+	unmark   = bytesReplacer{"\uE00D": "&#13;", "\uE00A": "&#10;", "\uE009": "&#9;"}
+)
+
+func markUnescaped(root *etree.Element) bool {
+	if root == nil {
+		return false
+	}
+	var has, clash bool
+	var walk func(e *etree.Element)
+	walk = func(e *etree.Element) {
+		for _, a := range e.Attr {
+			has = has || strings.ContainsAny(a.Value, "\r\n\t")
+			clash = clash || strings.ContainsAny(a.Value, "\uE00D\uE00A\uE009")
+		}
+		for _, c := range e.Child {
+			switch c := c.(type) {
+			case *etree.CharData:
+				has = has || strings.ContainsRune(c.Data, '\r')
+				clash = clash || strings.ContainsAny(c.Data, "\uE00D\uE00A\uE009")
+			case *etree.Element:
+				walk(c)
+			}
+		}
+	}
+	walk(root)
+	if !has || clash {
+		return false
+	}
+	var mark func(e *etree.Element)
+	mark = func(e *etree.Element) {
+		for i := range e.Attr {
+			e.Attr[i].Value = markAttr.Replace(e.Attr[i].Value)
+		}
+		for _, c := range e.Child {
+			switch c := c.(type) {
+			case *etree.CharData:
+				c.Data = markText.Replace(c.Data)
+			case *etree.Element:
+				mark(c)
+			}
+		}
+	}
+	mark(root)
+	return true
+}
+
+// bytesReplacer replaces strings in a byte slice.
+type bytesReplacer map[string]string
+
+// Replace returns b with every key replaced by its value.
+func (r bytesReplacer) Replace(b []byte) []byte {
+	for k, v := range r {
+		b = bytes.ReplaceAll(b, []byte(k), []byte(v))
+	}
+	return b
 }
 
 // String returns XML() as a string.

@@ -16,8 +16,10 @@ func FuzzDefinition(f *testing.F) {
 			f.Add(data)
 		}
 	}
+	addCorpusSeeds(f, "*.xml", 400)
 	f.Add([]byte(withDevices(`<disk type='file'><source file='/a'/><target dev='sdzz'/></disk>`)))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		defer watchdog(data)()
 		d, err := Parse(data)
 		if err != nil {
 			return
