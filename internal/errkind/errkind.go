@@ -1,0 +1,63 @@
+// Package errkind holds the kinds of failure shared by qemufs's core
+// packages (the domain driver, the network driver, ...). Every error they
+// return wraps exactly one kind, so the filesystem answers with one errno
+// and the message says the rest. Package driver re-exports them.
+package errkind
+
+import (
+	"errors"
+	"fmt"
+)
+
+// The kinds of failure.
+var (
+	// Invalid: a bad command, bad XML, a bad name (EINVAL).
+	Invalid = errors.New("invalid argument")
+	// Busy: the object is in the wrong state for the request (EBUSY).
+	Busy = errors.New("wrong state")
+	// NotFound: no such object (ENOENT).
+	NotFound = errors.New("no such domain")
+	// Exist: the object or its UUID exists already (EEXIST).
+	Exist = errors.New("already exists")
+	// IO: QEMU or the host failed (EIO).
+	IO = errors.New("I/O error")
+	// NoDevice: the guest lacks the device asked for (ENODEV).
+	NoDevice = errors.New("no such device")
+	// Perm: refused for lack of privilege (EACCES).
+	Perm = errors.New("permission denied")
+	// Interrupted: the caller gave up waiting (EINTR).
+	Interrupted = errors.New("interrupted")
+)
+
+// kinded is an error with a kind and a message free of the kind's text.
+type kinded struct {
+	kind error
+	msg  string
+	err  error
+}
+
+func (e *kinded) Error() string { return e.msg }
+
+func (e *kinded) Unwrap() []error {
+	if e.err != nil {
+		return []error{e.kind, e.err}
+	}
+	return []error{e.kind}
+}
+
+// Errorf makes an error of kind with a formatted message; a %w verb in the
+// format keeps the wrapped error reachable too.
+func Errorf(kind error, format string, args ...any) error {
+	wrapped := fmt.Errorf(format, args...)
+	return &kinded{kind: kind, msg: wrapped.Error(), err: errors.Unwrap(wrapped)}
+}
+
+// Of returns the kind of err: one of the kinds above, IO when unknown.
+func Of(err error) error {
+	for _, k := range []error{Invalid, Busy, NotFound, Exist, NoDevice, Perm, Interrupted, IO} {
+		if errors.Is(err, k) {
+			return k
+		}
+	}
+	return IO
+}
