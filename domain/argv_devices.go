@@ -297,6 +297,78 @@ func sortedNICs() []string {
 	return out
 }
 
+// userNetdev is the user-mode (slirp) netdev of interface n: its <ip>
+// network and a hostfwd rule per forwarded port of its <portForward>s.
+// libvirt forwards ports only with the passt backend; slirp's hostfwd does
+// the same for TCP and UDP, so both backends honour them here.
+func userNetdev(n *etree.Element) (jobj, error) {
+	if be := attr(child(n, "backend"), "type"); be == "passt" {
+		return nil, unsupportedAt(child(n, "backend"), "the passt backend is not supported by qemufs yet; leave <backend> out for user-mode networking by QEMU itself (slirp), which honours <portForward> too")
+	}
+	nd := obj("type", "user")
+	for _, ip := range children(n, "ip") {
+		if attr(ip, "family") == "ipv6" {
+			continue
+		}
+		if a := attr(ip, "address"); a != "" {
+			nd.add("net", a+"/"+attrOr(ip, "prefix", "24"))
+		}
+	}
+	var fwd []jobj
+	for _, pf := range children(n, "portForward") {
+		proto, addr := attr(pf, "proto"), attr(pf, "address")
+		if strings.Contains(addr, ":") {
+			return nil, unsupportedAt(pf, "user-mode networking forwards IPv4 host addresses only, not %s", addr)
+		}
+		excluded := map[uint64]bool{}
+		for _, r := range children(pf, "range") {
+			if attr(r, "exclude") == "yes" {
+				lo, hi := portRange(r)
+				for p := lo; p <= hi; p++ {
+					excluded[p] = true
+				}
+			}
+		}
+		for _, r := range children(pf, "range") {
+			if attr(r, "exclude") == "yes" {
+				continue
+			}
+			lo, hi := portRange(r)
+			if hi-lo >= 1024 {
+				return nil, unsupportedAt(r, "a forwarded range of %d ports is too many for user-mode networking (at most 1024)", hi-lo+1)
+			}
+			to := lo
+			if t := attr(r, "to"); t != "" {
+				to = mustUint(t)
+			}
+			for p := lo; p <= hi; p++ {
+				if excluded[p] {
+					continue
+				}
+				guest := to + (p - lo)
+				if guest > 65535 {
+					return nil, errAt(r, "port %d maps to guest port %d, beyond 65535", p, guest)
+				}
+				fwd = append(fwd, obj("str", fmt.Sprintf("%s:%s:%d-:%d", proto, addr, p, guest)))
+			}
+		}
+	}
+	if len(fwd) > 0 {
+		nd.add("hostfwd", fwd)
+	}
+	return nd, nil
+}
+
+// portRange is the host ports of a <portForward><range>.
+func portRange(r *etree.Element) (lo, hi uint64) {
+	lo = mustUint(attr(r, "start"))
+	hi = lo
+	if e := attr(r, "end"); e != "" {
+		hi = mustUint(e)
+	}
+	return lo, hi
+}
+
 // nicDevice maps a libvirt NIC model to the QEMU device.
 func nicDevice(model string) string {
 	switch model {
@@ -321,22 +393,34 @@ func (b *builder) nets() error {
 		var nd jobj
 		switch typ {
 		case "user":
-			nd = obj("type", "user")
-			for _, ip := range children(n, "ip") {
-				if attr(ip, "family") == "ipv6" {
-					continue
-				}
-				if a := attr(ip, "address"); a != "" {
-					nd.add("net", a+"/"+attrOr(ip, "prefix", "24"))
-				}
+			var err error
+			if nd, err = userNetdev(n); err != nil {
+				return err
 			}
 		case "ethernet":
 			nd = obj("type", "tap")
+			if a := b.opts.NetAttach[id]; a.TapFD > 0 {
+				nd.add("fd", strconv.Itoa(a.TapFD))
+				break
+			}
 			if dev := attr(child(n, "target"), "dev"); dev != "" {
 				nd.add("ifname", dev)
 			}
 			nd.add("script", "no")
 			nd.add("downscript", "no")
+		case "network", "bridge":
+			a, ok := b.opts.NetAttach[id]
+			switch {
+			case ok && a.TapFD > 0:
+				nd = obj("type", "tap", "fd", strconv.Itoa(a.TapFD))
+			case ok && a.User && typ == "network":
+				var err error
+				if nd, err = userNetdev(n); err != nil {
+					return err
+				}
+			default:
+				return unsupportedAt(n, "interface type %q needs a host network: qemufs connects it when the guest starts in a system instance (networks/) or as user-mode networking in a session", typ)
+			}
 		case "server", "client", "mcast", "udp":
 			addr := attrOr(src, "address", "")
 			port := attr(src, "port")
@@ -371,7 +455,7 @@ func (b *builder) nets() error {
 			}
 		case "null":
 			nd = nil
-		case "network", "bridge", "direct", "internal", "vdpa", "vds", "hostdev":
+		case "direct", "internal", "vdpa", "vds", "hostdev":
 			return unsupportedAt(n, "interface type %q needs host networking (a libvirt network, bridge, macvtap or host device) that qemufs does not manage; use type='user' or type='ethernet'", typ)
 		default:
 			return errAt(n, "interface type %q is not supported", typ)

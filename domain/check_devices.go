@@ -579,6 +579,30 @@ func checkInterface(c *checker, e *etree.Element) {
 	if m := child(e, "model"); m != nil {
 		c.required(m, "type")
 	}
+	if be := child(e, "backend"); be != nil {
+		c.enum(be, "type", "default", "slirp", "passt")
+	}
+	for _, pf := range children(e, "portForward") {
+		if t != "user" && t != "network" {
+			c.fail(pf, "<portForward> is only for interfaces of type 'user' (or 'network' in a session instance)")
+			break
+		}
+		c.required(pf, "proto")
+		c.enum(pf, "proto", "tcp", "udp")
+		if len(children(pf, "range")) == 0 {
+			c.fail(pf, "<portForward> needs at least one <range start='PORT'/>")
+		}
+		for _, r := range children(pf, "range") {
+			c.required(r, "start")
+			c.uint(r, "start", 1, 65535)
+			c.uint(r, "end", 1, 65535)
+			c.uint(r, "to", 1, 65535)
+			c.enum(r, "exclude", "yes", "no")
+			if s, en := attr(r, "start"), attr(r, "end"); s != "" && en != "" && c.err == nil && mustUint(en) < mustUint(s) {
+				c.fail(r, "attribute end: %s is below start %s", en, s)
+			}
+		}
+	}
 	if dr := child(e, "driver"); dr != nil {
 		c.enum(dr, "name", "qemu", "vhost", "kvm", "vfio", "xen")
 		c.enum(dr, "txmode", "iothread", "timer")

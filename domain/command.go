@@ -54,6 +54,21 @@ type CommandOptions struct {
 	// ExtraArgs are added before the final "-msg timestamp=on", e.g. the
 	// security layer's "-sandbox on,...".
 	ExtraArgs []string
+	// NetAttach says how the driver connected the host side of each
+	// interface it manages (type network, bridge, or ethernet with a tap
+	// it made), by the interface's alias (net0, ...). An interface of type
+	// network or bridge without one cannot be built.
+	NetAttach map[string]NetAttachment
+}
+
+// NetAttachment is the host side of one guest interface, made by the
+// driver before QEMU starts.
+type NetAttachment struct {
+	// TapFD, when > 0, is an open TAP device QEMU inherits as this fd.
+	TapFD int
+	// User connects a type='network' interface to user-mode networking,
+	// as a session instance does (it has no host networks).
+	User bool
 }
 
 // Command is a QEMU command line: run Path with Args in the environment Env

@@ -209,6 +209,10 @@ type Interface struct {
 	Model  string
 	Source string // network name, bridge name, device, socket path
 	Alias  string
+	// TargetDev is the host interface (<target dev=...>), "" when unset.
+	TargetDev string
+	// Unmanaged is <target managed='no'>: the tap exists already.
+	Unmanaged bool
 }
 
 // Interfaces returns the network interfaces.
@@ -222,9 +226,24 @@ func (d *Domain) Interfaces() []Interface {
 			Model:  attr(child(e, "model"), "type"),
 			Source: attr(src, "network") + attr(src, "bridge") + attr(src, "dev") + attr(src, "path"),
 			Alias:  attr(child(e, "alias"), "name"),
+
+			TargetDev: attr(child(e, "target"), "dev"),
+			Unmanaged: attr(child(e, "target"), "managed") == "no",
 		})
 	}
 	return out
+}
+
+// SetInterfaceTarget records the host interface a guest interface got
+// (<target dev=...>), for live.xml.
+func (d *Domain) SetInterfaceTarget(alias, dev string) {
+	for _, e := range children(child(d.root, "devices"), "interface") {
+		if attr(child(e, "alias"), "name") != alias {
+			continue
+		}
+		subEnsure(e, "target", "model", "driver", "alias", "address").CreateAttr("dev", dev)
+		return
+	}
 }
 
 // SecLabel is one <seclabel> of the domain (libvirt's security label).

@@ -20,6 +20,7 @@ import (
 	"github.com/qemufs/qemufs/capabilities"
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/instance"
+	"github.com/qemufs/qemufs/network"
 	"github.com/qemufs/qemufs/security"
 	"github.com/qemufs/qemufs/stream"
 )
@@ -33,6 +34,10 @@ type Options struct {
 	Caps *capabilities.Capabilities
 	// Security confines QEMU; nil runs it unconfined (as the invoking user).
 	Security *security.Stack
+	// Networks is the instance's network driver, which connects
+	// type='network' interfaces; nil: none (user-mode networking for them
+	// when unprivileged).
+	Networks *network.Manager
 	// Logger receives the daemon's own messages; nil discards them.
 	Logger *log.Logger
 	// Version is qemufs's version, written to each guest's log.
@@ -52,6 +57,7 @@ type Driver struct {
 	conf  *instance.Config
 	caps  *capabilities.Capabilities
 	sec   *security.Stack
+	nets  *network.Manager
 	logf  func(format string, args ...any)
 	ports *portAllocator
 
@@ -95,6 +101,7 @@ func New(opts Options) (*Driver, error) {
 		conf: opts.Config,
 		caps: opts.Caps,
 		sec:  opts.Security,
+		nets: opts.Networks,
 		doms: map[string]*dom{},
 	}
 	if d.caps == nil {

@@ -28,7 +28,9 @@ var (
 
 // errorf makes an error of kind with a formatted message; a %w verb in the
 // format keeps the wrapped error reachable too.
-func errorf(kind error, format string, args ...any) error { return errkind.Errorf(kind, format, args...) }
+func errorf(kind error, format string, args ...any) error {
+	return errkind.Errorf(kind, format, args...)
+}
 
 // Kind returns the kind of err: one of the Err* values, ErrIO when unknown.
 func Kind(err error) error { return errkind.Of(err) }

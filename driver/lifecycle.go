@@ -299,7 +299,16 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		undo = append(undo, func() { d.ports.Release(p) })
 	}
 
-	cmd, err := domain.BuildCommand(r.live, commandOptions(d, r, emu, 3))
+	// Tap files follow the QMP socket (fd 3) in QEMU; once QEMU has them,
+	// or when the start fails, qemufs's copies are closed.
+	nets, err := d.attachNetworks(ctx, r, 4)
+	if err != nil {
+		return err
+	}
+	defer nets.close()
+	cmdOpts := commandOptions(d, r, emu, 3)
+	cmdOpts.NetAttach = nets.attach
+	cmd, err := domain.BuildCommand(r.live, cmdOpts)
 	if err != nil {
 		return errorf(ErrInvalid, "start %s: %w", name, err)
 	}
@@ -311,7 +320,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		Dir:        "/",
 		LogPath:    f.Log,
 		PidPath:    f.PidFile,
-		ExtraFiles: []*os.File{qmpFile},
+		ExtraFiles: append([]*os.File{qmpFile}, nets.files()...),
 	}
 	if err := d.prepareSecurity(ctx, r, &spec); err != nil {
 		return err

@@ -123,12 +123,15 @@ func (dd *domainDir) openConfig(ctx context.Context, flags uint32) (fs.FileHandl
 	// A writer always starts from nothing: the kernel's truncation for
 	// O_TRUNC arrives as a SETATTR that need not name this handle, and a
 	// definition is replaced whole, never patched in place.
-	h := &configHandle{d: dd.root.cfg.Driver, name: dd.name, snapshot: cur}
+	d, name := dd.root.cfg.Driver, dd.name
+	h := &configHandle{define: func(b []byte) error { return d.Define(name, b) }, snapshot: cur}
 	return h, fuse.FOPEN_DIRECT_IO, nil
 }
 
 func (dd *domainDir) openCtl(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
-	return &ctlHandle{d: dd.root.cfg.Driver, name: dd.name}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil
+	d, name := dd.root.cfg.Driver, dd.name
+	return &commandHandle{run: func(ctx context.Context, line string) error { return d.Control(ctx, name, line) }},
+		fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil
 }
 
 func (dd *domainDir) openLog(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {

@@ -154,8 +154,7 @@ func (h *osFileHandle) Release(ctx context.Context) syscall.Errno {
 // document (so that the writer's write(2) gets the error) or at the latest
 // at close.
 type configHandle struct {
-	d        *driver.Driver
-	name     string
+	define   func(xml []byte) error // checks and stores a whole document
 	snapshot []byte
 
 	mu        sync.Mutex
@@ -195,7 +194,7 @@ func (h *configHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 		// Define now: a complete or hopeless document gets its answer
 		// on this write(2), where every shell reports it.
 		h.committed, h.dirty = true, false
-		if err := h.d.Define(h.name, h.buf); err != nil {
+		if err := h.define(h.buf); err != nil {
 			return 0, errno(err)
 		}
 	}
@@ -212,7 +211,7 @@ func (h *configHandle) Flush(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	h.dirty, h.committed = false, true
-	return errno(h.d.Define(h.name, h.buf))
+	return errno(h.define(h.buf))
 }
 
 type xmlState int
@@ -259,18 +258,17 @@ func xmlComplete(b []byte) xmlState {
 	}
 }
 
-// ctlHandle runs each write as one command.
-type ctlHandle struct {
-	d    *driver.Driver
-	name string
+// commandHandle runs each write as one command (a ctl file).
+type commandHandle struct {
+	run func(ctx context.Context, line string) error
 }
 
-var _ fs.FileWriter = (*ctlHandle)(nil)
+var _ fs.FileWriter = (*commandHandle)(nil)
 
-func (h *ctlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+func (h *commandHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	ctx, cancel := userInterrupts(ctx)
 	defer cancel()
-	if err := h.d.Control(ctx, h.name, string(data)); err != nil {
+	if err := h.run(ctx, string(data)); err != nil {
 		return 0, errno(err)
 	}
 	return uint32(len(data)), 0

@@ -17,6 +17,7 @@ import (
 
 	"github.com/qemufs/qemufs/capabilities"
 	"github.com/qemufs/qemufs/driver"
+	"github.com/qemufs/qemufs/network"
 )
 
 // Config is what the tree shows and who may use it.
@@ -26,6 +27,8 @@ type Config struct {
 	Caps *capabilities.Capabilities
 	// Version is the content of the `version` file.
 	Version string
+	// Networks backs networks/; nil: no such directory.
+	Networks *network.Manager
 	// FromNative converts a QEMU command line to domain XML.
 	FromNative func(args string) ([]byte, error)
 	Access     Access
@@ -69,6 +72,10 @@ func (r *Root) OnAdd(ctx context.Context) {
 	r.addFile(ctx, &r.Inode, "capabilities.xml", 0o444, snapshot(func(context.Context) ([]byte, error) { return caps.XML(), nil }))
 	r.addFile(ctx, &r.Inode, "version", 0o444, snapshot(func(context.Context) ([]byte, error) { return []byte(r.cfg.Version), nil }))
 	r.addFile(ctx, &r.Inode, "from-native", 0o666, r.openFromNative)
+	if r.cfg.Networks != nil {
+		nd := r.NewPersistentInode(ctx, &networksDir{root: r, nets: r.cfg.Networks}, fs.StableAttr{Mode: syscall.S_IFDIR})
+		r.AddChild("networks", nd, true)
+	}
 	dc := r.NewPersistentInode(ctx, &dirNode{root: r, perm: 0o555}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	r.AddChild("domcapabilities", dc, true)
 	for _, name := range caps.DomainCapsNames() {

@@ -23,6 +23,7 @@ import (
 	"github.com/qemufs/qemufs/driver"
 	"github.com/qemufs/qemufs/fsnode"
 	"github.com/qemufs/qemufs/instance"
+	"github.com/qemufs/qemufs/network"
 	"github.com/qemufs/qemufs/procmgr"
 	"github.com/qemufs/qemufs/security"
 )
@@ -231,9 +232,20 @@ func serve(o mountOptions, notify func(string)) error {
 	if err != nil {
 		return fmt.Errorf("mount: capabilities: %w", err)
 	}
+	nets, err := network.New(network.Options{
+		ConfigDir: filepath.Join(inst.ConfigDir, "networks"),
+		RunDir:    filepath.Join(inst.RunDir, "network"),
+		LogDir:    inst.LogDir,
+		ID:        inst.RunDir,
+		Default:   inst.Kind == instance.System,
+		Logger:    logger,
+	})
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
 	drv, err := driver.New(driver.Options{
 		Instance: inst, Config: conf, Caps: caps, Security: stack,
-		Logger: logger, Version: version,
+		Networks: nets, Logger: logger, Version: version,
 	})
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)
@@ -245,6 +257,7 @@ func serve(o mountOptions, notify func(string)) error {
 	}
 	srv, err := fsnode.Mount(o.mountpoint, &fsnode.Config{
 		Driver:     drv,
+		Networks:   nets,
 		Caps:       caps,
 		Version:    versionText(caps),
 		FromNative: fromNative,
@@ -254,6 +267,7 @@ func serve(o mountOptions, notify func(string)) error {
 		drv.Close()
 		return err
 	}
+	nets.Autostart(ctx)
 	drv.Autostart(ctx)
 	logger.Printf("%s mounted at %s (pid %d)", inst, o.mountpoint, os.Getpid())
 	notify("READY")

@@ -68,6 +68,10 @@ type Options struct {
 	// that parallel mounts on a loaded machine do not each probe every
 	// emulator (and time out doing so).
 	ColdCache bool
+	// NetNS runs the daemon in a network namespace of its own, so that
+	// the networks it makes (bridges, firewall tables, dnsmasq) stay off
+	// the host's network.
+	NetNS bool
 }
 
 // Mount is one qemufs instance mounted for a test.
@@ -145,7 +149,11 @@ func (m *Mount) MountArgs() []string {
 
 // Command returns a qemufs command for this instance (the system prefix set).
 func (m *Mount) Command(args ...string) *exec.Cmd {
-	cmd := exec.Command(m.bin, args...)
+	argv := append([]string{m.bin}, args...)
+	if m.opts.NetNS && len(args) > 0 && args[0] == "mount" {
+		argv = netnsWrap(argv)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = os.Environ()
 	if m.opts.System {
 		cmd.Env = append(cmd.Env, "QEMUFS_SYSTEM_PREFIX="+m.Root)
@@ -369,6 +377,7 @@ func (m *Mount) tail() string {
 
 func (m *Mount) cleanup() {
 	m.notePids()
+	m.stopNetworks()
 	if pid := m.DaemonPid(); pid > 0 {
 		if err := m.Unmount(); err != nil {
 			m.t.Logf("cleanup: %v", err)
