@@ -172,7 +172,7 @@ func (s *Stack) Prepare(ctx context.Context, g *Guest, spec *procmgr.Spec) (rec 
 		spec.Credential = &procmgr.Credential{UID: cred.UID, GID: cred.GID, Groups: cred.Groups}
 	}
 	if rec.Devices != nil {
-		spec.MountNS = &procmgr.MountNamespace{Devices: rec.Devices}
+		spec.MountNS = &procmgr.MountNamespace{Devices: rec.Devices, Owners: nsOwners(id, rec.Devices)}
 	}
 	if rec.Cgroup != nil {
 		spec.CgroupProcs = rec.Cgroup.Procs()

@@ -226,10 +226,14 @@ func serve(o mountOptions, notify func(string)) error {
 		ExtraPaths: conf.EmulatorPaths,
 		Version:    version,
 		SecModels:  stack.Models(),
+		KVMAccess:  stack.KVMAccess,
 	}
 	caps, err := prober.Probe(ctx)
 	if err != nil {
 		return fmt.Errorf("mount: capabilities: %w", err)
+	}
+	if prober.KVMDenied != nil {
+		logger.Printf("KVM is not listed in capabilities: %v", prober.KVMDenied)
 	}
 	drv, err := driver.New(driver.Options{
 		Instance: inst, Config: conf, Caps: caps, Security: stack,
