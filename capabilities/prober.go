@@ -98,6 +98,9 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 	wg.Wait()
 	<-hostDone
 	caps.Host.KVM, caps.Host.HVF = hostKVM, hostHVF
+	if p.KVMDenied != nil {
+		caps.Host.KVMDenied = p.KVMDenied.Error()
+	}
 
 	firmware := findFirmware(p.hostRoot())
 	var ok int

@@ -389,6 +389,9 @@ func TestProbeKVMAccess(t *testing.T) {
 			if caps.Host.KVM != tc.want {
 				t.Errorf("Host.KVM = %v, want %v", caps.Host.KVM, tc.want)
 			}
+			if tc.name == "denied" && caps.Host.KVMDenied != denied.Error() {
+				t.Errorf("Host.KVMDenied = %q", caps.Host.KVMDenied)
+			}
 			if tc.access != nil && asked != "/dev/null" {
 				t.Errorf("KVMAccess asked about %q", asked)
 			}
