@@ -69,20 +69,24 @@ func guestTPM(t *testing.T, m *harness.Mount, name string, n int) {
 
 // TestTPM boots the test guest with an emulated TPM in a privileged
 // (root-embedded) instance, for a TPM 2.0 on the CRB interface and a TPM
-// 1.2 on TIS: swtpm runs as QEMU does (a child of the daemon, QEMU's user,
+// 1.2 on TIS, and in the system instance for a TPM 2.0 on TIS: swtpm runs as QEMU does (a child of the daemon, QEMU's user,
 // QEMU's cgroup), its state is made under lib/swtpm/UUID and owned by
 // QEMU's user, the guest's kernel finds the TPM, destroy ends and reaps
 // swtpm, and the state is used again at the next start.
 func TestTPM(t *testing.T) {
 	needSwtpm(t)
-	for _, tc := range []struct{ model, version, sub, perm string }{
-		{"tpm-crb", "2.0", "tpm2", "tpm2-00.permall"},
-		{"tpm-tis", "1.2", "tpm1.2", "tpm-00.permall"},
+	for _, tc := range []struct {
+		name, model, version, sub, perm string
+		system                          bool
+	}{
+		{"2.0", "tpm-crb", "2.0", "tpm2", "tpm2-00.permall", false},
+		{"1.2", "tpm-tis", "1.2", "tpm1.2", "tpm-00.permall", false},
+		{"2.0-system", "tpm-tis", "2.0", "tpm2", "tpm2-00.permall", true},
 	} {
-		t.Run(tc.version, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			qemuUID, qemuGID := qemuIDs(t)
-			m := harness.Start(t, harness.Options{})
+			m := harness.Start(t, harness.Options{System: tc.system})
 			dev := fmt.Sprintf("<tpm model='%s'><backend type='emulator' version='%s'/></tpm>", tc.model, tc.version)
 			m.Boot("g", harness.GuestXML(t, "g", guest.ActionNone, dev))
 			uuid := domainUUID(t, m, "g")
