@@ -134,8 +134,8 @@ func TestTPM(t *testing.T) {
 			if !gone(pid, st) {
 				t.Errorf("swtpm %d still there after destroy (%s)", pid, procStatus(t, pid)["State"])
 			}
-			if _, err := os.Stat(m.SwtpmSocket("g")); err == nil {
-				t.Errorf("swtpm socket left behind")
+			if left := m.RuntimeFiles("g"); len(left) > 0 {
+				t.Errorf("left behind after destroy: %v", left)
 			}
 
 			// Next start: the same state, not made again.
@@ -199,8 +199,8 @@ func TestTPMReattach(t *testing.T) {
 	if harness.Alive(pid) {
 		t.Errorf("re-attached swtpm %d still running after destroy: %s", pid, readOr(fmt.Sprintf("/proc/%d/status", pid)))
 	}
-	if _, err := os.Stat(m.SwtpmSocket("g")); err == nil {
-		t.Errorf("swtpm socket left behind")
+	if left := m.RuntimeFiles("g"); len(left) > 0 {
+		t.Errorf("left behind after destroy: %v", left)
 	}
 }
 
