@@ -2,12 +2,16 @@ package security
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"unsafe"
 
 	"github.com/qemufs/qemufs/procmgr"
 	"github.com/qemufs/qemufs/security/cgroup"
 	"github.com/qemufs/qemufs/security/dac"
+	"golang.org/x/sys/unix"
 )
 
 // KVMDevice is the KVM device node QEMU opens for type='kvm'.
@@ -29,7 +33,54 @@ func (s *Stack) KVMAccess(dev string) error {
 	if err != nil {
 		return fmt.Errorf("KVM device: %w", err)
 	}
-	return kvmAccess(s.id, o, dev, s.privateNode(dev))
+	if s.privateNode(dev) || s.id.IsRoot() {
+		return nil
+	}
+	if os.Geteuid() == 0 {
+		// As libvirt probes as QEMU's user: the kernel decides, so POSIX
+		// ACLs and LSM file rules count too.
+		if err := openAs(s.id, dev); err != nil {
+			return fmt.Errorf("%w (%v)", kvmAccess(s.id, o, dev, false), err)
+		}
+		return nil
+	}
+	return kvmAccess(s.id, o, dev, false)
+}
+
+// openAs opens path read-write with the file-system identity of id (its
+// uid, gid and groups) on one OS thread of its own, which is discarded
+// afterwards: the credentials of the daemon's other threads never change.
+// It needs root (CAP_SETUID, CAP_SETGID).
+func openAs(id dac.Identity, path string) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread ends with this goroutine, its
+		// credentials with it.
+		runtime.LockOSThread()
+		groups := append([]uint32{}, id.Groups...)
+		var gp unsafe.Pointer
+		if len(groups) > 0 {
+			gp = unsafe.Pointer(&groups[0])
+		}
+		// Raw system calls change this thread only (the libc wrappers and
+		// syscall.Setgroups change every thread of the process).
+		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(gp), 0); e != 0 {
+			errc <- fmt.Errorf("setgroups: %w", e)
+			return
+		}
+		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(id.GID), 0, 0)
+		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(id.UID), 0, 0)
+		if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(cur) != id.UID {
+			errc <- fmt.Errorf("setfsuid %d did not take (fsuid %d)", id.UID, cur)
+			return
+		}
+		fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+		if err == nil {
+			unix.Close(fd)
+		}
+		errc <- err
+	}()
+	return <-errc
 }
 
 // kvmAccess decides whether id can use the KVM node dev whose host owner

@@ -2,6 +2,8 @@ package security
 
 import (
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -81,3 +83,54 @@ func TestKVMPrivateNode(t *testing.T) {
 func fsMode(m uint32) fs.FileMode { return fs.FileMode(m) }
 
 func cgroupDev(path string) cgroup.Device { return cgroup.Device{Path: path} }
+
+// TestOpenAs opens files as another identity (one discarded thread's
+// file-system uid, gid and groups): the kernel's answer by owner, group,
+// supplementary group and mode, and the daemon's own identity is left
+// alone.
+func TestOpenAs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir, err := os.MkdirTemp("/tmp", "openas-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	id := dac.Identity{UID: 4101, GID: 4102, Groups: []uint32{4103}, User: "+4101"}
+	for _, tc := range []struct {
+		name     string
+		uid, gid int
+		mode     os.FileMode
+		ok       bool
+	}{
+		{"root-only", 0, 0, 0o600, false},
+		{"world rw", 0, 0, 0o666, true},
+		{"world r", 0, 0, 0o644, false},
+		{"owner", 4101, 0, 0o600, true},
+		{"primary group", 0, 4102, 0o660, true},
+		{"supplementary group", 0, 4103, 0o660, true},
+		{"other group", 0, 4999, 0o660, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			if err := os.WriteFile(p, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			os.Chown(p, tc.uid, tc.gid)
+			os.Chmod(p, tc.mode)
+			err := openAs(id, p)
+			if (err == nil) != tc.ok {
+				t.Errorf("openAs(%s) = %v, want ok=%v", tc.name, err, tc.ok)
+			}
+			// The test's own threads are still root.
+			f, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				t.Errorf("root cannot open %s after openAs: %v", p, err)
+			} else {
+				f.Close()
+			}
+		})
+	}
+}
