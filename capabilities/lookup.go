@@ -87,6 +87,8 @@ func (c *Capabilities) Lookup(arch, virtType, machine, emulator string) (*Emulat
 // accelHint says why the host lacks an accelerator, when it does.
 func (c *Capabilities) accelHint(accel string) string {
 	switch {
+	case accel == "kvm" && !c.Host.KVM && c.Host.KVMDenied != "":
+		return ": " + c.Host.KVMDenied
 	case accel == "kvm" && !c.Host.KVM:
 		return ": the host has no usable KVM device (/dev/kvm)"
 	case accel == "hvf" && !c.Host.HVF:

@@ -40,6 +40,13 @@ type Prober struct {
 	SecModels []SecModel
 	// KVMDevice is the KVM device node (default /dev/kvm).
 	KVMDevice string
+	// KVMAccess, when set, says whether QEMU, as the user it will run as,
+	// can open the KVM device (the daemon opening it is not enough when
+	// QEMU runs as another user, as libvirt's probing as that user
+	// finds); an error makes KVM unusable and is kept in KVMDenied.
+	KVMAccess func(dev string) error
+	// KVMDenied is set by Probe to why KVMAccess refused the device.
+	KVMDenied error
 	// HostRoot is the root under which /proc, /sys and firmware are read
 	// (default "/"); tests point it at a fixture tree.
 	HostRoot string
@@ -66,6 +73,12 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 	}()
 
 	hostKVM := kvmUsable(p.kvmDevice())
+	p.KVMDenied = nil
+	if hostKVM && p.KVMAccess != nil {
+		if err := p.KVMAccess(p.kvmDevice()); err != nil {
+			hostKVM, p.KVMDenied = false, err
+		}
+	}
 	hostHVF := hvfSupported()
 	// The model expansion needs the host CPU vendor, before the host part.
 	vendorID := cpuidVendor(parseCPUInfo(readFile(filepath.Join(p.hostRoot(), "proc/cpuinfo"))).vendor())
@@ -85,6 +98,9 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 	wg.Wait()
 	<-hostDone
 	caps.Host.KVM, caps.Host.HVF = hostKVM, hostHVF
+	if p.KVMDenied != nil {
+		caps.Host.KVMDenied = p.KVMDenied.Error()
+	}
 
 	firmware := findFirmware(p.hostRoot())
 	var ok int

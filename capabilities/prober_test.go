@@ -3,6 +3,7 @@ package capabilities
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -361,5 +362,42 @@ func TestProbeRespectsContext(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "context canceled") {
 		t.Errorf("Probe after cancel: %v", err)
+	}
+}
+
+// TestProbeKVMAccess: a KVM device the daemon opens counts only when
+// KVMAccess (QEMU's user's access) allows it too; the refusal is kept.
+func TestProbeKVMAccess(t *testing.T) {
+	denied := errors.New("qemu cannot open it")
+	for _, tc := range []struct {
+		name   string
+		access func(string) error
+		want   bool
+	}{
+		{"no check", nil, true},
+		{"allowed", func(string) error { return nil }, true},
+		{"denied", func(string) error { return denied }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestProber(t, t.TempDir())
+			p.KVMDevice = "/dev/null" // opens read-write: usable for the daemon
+			var asked string
+			if tc.access != nil {
+				p.KVMAccess = func(dev string) error { asked = dev; return tc.access(dev) }
+			}
+			caps, _ := p.Probe(context.Background())
+			if caps.Host.KVM != tc.want {
+				t.Errorf("Host.KVM = %v, want %v", caps.Host.KVM, tc.want)
+			}
+			if tc.name == "denied" && caps.Host.KVMDenied != denied.Error() {
+				t.Errorf("Host.KVMDenied = %q", caps.Host.KVMDenied)
+			}
+			if tc.access != nil && asked != "/dev/null" {
+				t.Errorf("KVMAccess asked about %q", asked)
+			}
+			if (p.KVMDenied != nil) != !tc.want || tc.name == "denied" && !errors.Is(p.KVMDenied, denied) {
+				t.Errorf("KVMDenied = %v", p.KVMDenied)
+			}
+		})
 	}
 }

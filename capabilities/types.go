@@ -32,8 +32,12 @@ type Host struct {
 	// HVF reports that macOS Hypervisor.framework is usable (always false
 	// elsewhere).
 	HVF bool
-	// KVM reports that the KVM device is present and can be opened.
+	// KVM reports that the KVM device is present and can be opened (by
+	// QEMU's user, when the prober was told how to check).
 	KVM bool
+	// KVMDenied says why a KVM device that is present is not usable by
+	// QEMU's user ("" otherwise), for error messages.
+	KVMDenied string
 }
 
 // HostCPU is the host processor as libvirt reports it.

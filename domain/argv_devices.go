@@ -600,13 +600,18 @@ func (b *builder) tpm() error {
 			cancel := "/sys/class/tpm/" + filepath.Base(path) + "/device/cancel"
 			b.add("-tpmdev", "passthrough,id="+id+",path="+kvEscape(path)+",cancel-path="+cancel)
 		case "emulator":
-			sock := filepath.Join(b.opts.DomainDir, alias(t)+"-swtpm.sock")
-			b.add("-chardev", "socket,id=chr"+id+",path="+kvEscape(sock))
-			b.add("-tpmdev", "emulator,id="+id+",chardev=chr"+id)
+			// libvirt names the chardev chrtpm whatever the alias (a
+			// domain has one emulated TPM).
+			sock := b.opts.TPMSocket
+			if sock == "" {
+				sock = filepath.Join(b.opts.DomainDir, alias(t)+"-swtpm.sock")
+			}
+			b.add("-chardev", "socket,id=chrtpm,path="+kvEscape(sock))
+			b.add("-tpmdev", "emulator,id="+id+",chardev=chrtpm")
 		case "external":
 			sock := attr(child(be, "source"), "path")
-			b.add("-chardev", "socket,id=chr"+id+",path="+kvEscape(sock))
-			b.add("-tpmdev", "emulator,id="+id+",chardev=chr"+id)
+			b.add("-chardev", "socket,id=chrtpm,path="+kvEscape(sock))
+			b.add("-tpmdev", "emulator,id="+id+",chardev=chrtpm")
 		}
 		model := attrOr(t, "model", "tpm-tis")
 		if model != "tpm-tis" && model != "tpm-crb" {

@@ -779,6 +779,10 @@ func checkTPM(c *checker, e *etree.Element) {
 	c.required(b, "type")
 	c.enum(b, "type", "passthrough", "emulator", "external")
 	c.enum(b, "version", "1.2", "2.0")
+	if attr(b, "version") == "1.2" && attr(e, "model") == "tpm-crb" {
+		c.fail(b, "a TPM 1.2 cannot use model tpm-crb (use tpm-tis, or version 2.0)")
+	}
+	c.yesno(b, "persistent_state")
 }
 
 func checkGraphics(c *checker, e *etree.Element) {

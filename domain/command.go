@@ -28,6 +28,10 @@ type CommandOptions struct {
 	// DomainDir is a private per-run directory for other sockets
 	// (channels without a path, VNC sockets, swtpm, ...).
 	DomainDir string
+	// TPMSocket is the control socket of the guest's swtpm (an emulated
+	// TPM), which the driver starts before QEMU. Default:
+	// DomainDir/ALIAS-swtpm.sock.
+	TPMSocket string
 	// LibDir is the per-domain persistent directory (NVRAM copies,
 	// swtpm state). Default: DomainDir.
 	LibDir string

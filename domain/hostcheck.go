@@ -78,8 +78,10 @@ func (d *Domain) CheckHost() error {
 				return unsupportedAt(t, "TPM device %s does not exist", p)
 			}
 		case "emulator":
-			if _, err := exec.LookPath("swtpm"); err != nil {
-				return unsupportedAt(t, "an emulated TPM needs swtpm, which is not installed")
+			for _, bin := range []string{"swtpm", "swtpm_setup"} {
+				if _, err := exec.LookPath(bin); err != nil {
+					return unsupportedAt(t, "an emulated TPM needs %s, which is not installed (Debian packages swtpm and swtpm-tools)", bin)
+				}
 			}
 		}
 	}

@@ -166,6 +166,9 @@ func (d *Driver) securityGuest(r *run) (*security.Guest, error) {
 			Label: l.Label, ImageLabel: l.ImageLabel, BaseLabel: l.BaseLabel,
 		})
 	}
+	if len(live.TPMEmulators()) > 0 {
+		g.Connects = append(g.Connects, d.tpmFiles(r.dm.name).Socket)
+	}
 	g.Tune = cgroupLimits(live.Tuning())
 	return g, nil
 }

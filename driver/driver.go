@@ -328,7 +328,8 @@ func (d *Driver) Remove(name string) (err error) {
 	defer dm.op.Unlock()
 	dm.mu.Lock()
 	active := dm.run != nil
-	defined := dm.def != nil
+	def := dm.def
+	defined := def != nil
 	dm.mu.Unlock()
 	if active {
 		err = errorf(ErrBusy, "undefine %s: the domain is active; destroy or shut it down first", name)
@@ -344,6 +345,7 @@ func (d *Driver) Remove(name string) (err error) {
 			}
 		}
 		syncDir(d.inst.ConfigDir)
+		d.removeTPMState(name, def)
 		dm.publish(EventUndefined, "removed")
 	}
 	dm.mu.Lock()

@@ -326,6 +326,10 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	undo = append(undo, func() { d.restoreSecurity(r) })
+	if err := d.startTPM(ctx, r, &spec); err != nil {
+		return err
+	}
+	undo = append(undo, r.stopTPM)
 
 	d.logStart(r, &spec)
 	proc, err := procmgr.Start(ctx, spec)

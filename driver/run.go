@@ -32,6 +32,7 @@ type run struct {
 	console *console
 	sec     *security.Record
 	files   runFiles
+	tpm     *tpmRun // the guest's swtpm (nil: no emulated TPM); see tpm.go
 
 	vncPort     int
 	spicePort   int // an autoport SPICE display's port
@@ -322,6 +323,7 @@ func (r *run) cleanup() {
 		msg := fmt.Sprintf("QEMU ended unexpectedly (%s)%s", r.proc.Exit(), logTail(r.files.Log))
 		dm.noteError(msg)
 	}
+	r.stopTPM() // before the cgroup it shares with QEMU goes
 	if r.sec != nil && d.sec != nil {
 		if err := d.sec.Restore(context.Background(), r.sec); err != nil {
 			d.logf("%s: restore security: %v", dm.name, err)

@@ -32,6 +32,7 @@ type status struct {
 	Autodestroy bool             `json:"autodestroy,omitempty"`
 	Security    *security.Record `json:"security,omitempty"`
 	Taints      []string         `json:"taints,omitempty"`
+	TPM         *tpmStatus       `json:"tpm,omitempty"` // the guest's swtpm
 	Live        string           `json:"live"`
 }
 
@@ -47,6 +48,7 @@ func (r *run) saveStatus() error {
 	st.VNCPort, st.SpicePort = r.vncPort, r.spicePort
 	st.Autodestroy = r.autodestroy
 	st.Security = r.sec
+	st.TPM = r.tpmStatus()
 	st.Live = string(r.liveXML)
 	for t := range r.taints {
 		st.Taints = append(st.Taints, t)
@@ -109,6 +111,7 @@ func (d *Driver) reattach(name, path string) error {
 	r.vncPort, r.spicePort = st.VNCPort, st.SpicePort
 	r.autodestroy = st.Autodestroy
 	r.sec = st.Security
+	r.reattachTPM(st.TPM)
 	for _, t := range st.Taints {
 		r.taints[t] = true
 	}
@@ -199,6 +202,7 @@ func (d *Driver) reattach(name, path string) error {
 
 // releaseDead removes what a run that died unseen left behind.
 func (d *Driver) releaseDead(r *run) {
+	r.stopTPM()
 	if r.sec != nil && d.sec != nil {
 		if err := d.sec.Restore(context.Background(), r.sec); err != nil {
 			d.logf("%s: restore security: %v", r.dm.name, err)

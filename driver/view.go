@@ -146,6 +146,7 @@ func commandOptions(d *Driver, r *run, emu *capabilities.Emulator, qmpFD int) do
 		QMPSocket:   r.files.QMP,
 		QMPFD:       qmpFD,
 		DomainDir:   r.files.DomDir,
+		TPMSocket:   d.tpmFiles(r.dm.name).Socket,
 		LibDir:      home,
 		VNCPort:     r.vncPort,
 		SpicePort:   r.spicePort,

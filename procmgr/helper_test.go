@@ -576,3 +576,49 @@ func TestGuestConsoleThroughNamespace(t *testing.T) {
 		t.Errorf("QEMU after the guest powered off: %v", e)
 	}
 }
+
+// TestMountNSOwners gives the private /dev/null and /dev/zero other owners
+// and modes: QEMU's copies have them, the host's nodes keep theirs, and an
+// owner for a node that is not there is skipped.
+func TestMountNSOwners(t *testing.T) {
+	var hostNull, hostZero unix.Stat_t
+	if err := unix.Stat("/dev/null", &hostNull); err != nil {
+		t.Fatal(err)
+	}
+	unix.Stat("/dev/zero", &hostZero)
+	spec, _ := qemuSpec(t)
+	spec.MountNS = &MountNamespace{
+		Devices: []string{"/dev/null", "/dev/zero"},
+		Owners: map[string]NodeOwner{
+			"/dev/null":         {UID: 4242, GID: 4343, Mode: 0o600},
+			"/dev/zero":         {UID: 0, GID: 4444, Mode: 0o660},
+			"/dev/not-in-there": {UID: 1, GID: 1, Mode: 0o600},
+		},
+	}
+	p := startT(t, spec)
+	root := fmt.Sprintf("/proc/%d/root/dev", p.Pid)
+	for _, c := range []struct {
+		name     string
+		uid, gid uint32
+		mode     uint32
+		host     unix.Stat_t
+	}{
+		{"null", 4242, 4343, 0o600, hostNull},
+		{"zero", 0, 4444, 0o660, hostZero},
+	} {
+		var ns, host unix.Stat_t
+		if err := unix.Stat(root+"/"+c.name, &ns); err != nil {
+			t.Fatal(err)
+		}
+		if ns.Uid != c.uid || ns.Gid != c.gid || ns.Mode&0o7777 != c.mode || ns.Rdev != c.host.Rdev {
+			t.Errorf("namespace /dev/%s: owner %d:%d mode %o rdev %x, want %d:%d %o %x", c.name, ns.Uid, ns.Gid, ns.Mode&0o7777, ns.Rdev, c.uid, c.gid, c.mode, c.host.Rdev)
+		}
+		unix.Stat("/dev/"+c.name, &host)
+		if host.Uid != c.host.Uid || host.Gid != c.host.Gid || host.Mode != c.host.Mode {
+			t.Errorf("host /dev/%s changed: %d:%d %o", c.name, host.Uid, host.Gid, host.Mode)
+		}
+	}
+	if _, err := os.Lstat(root + "/not-in-there"); err == nil {
+		t.Error("an owner created a node")
+	}
+}

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -83,6 +85,9 @@ func enterMountNS(ns *MountNamespace) error {
 		if err := n.create(); err != nil {
 			return fmt.Errorf("mount namespace: %w", err)
 		}
+	}
+	if err := applyOwners(ns.Owners); err != nil {
+		return fmt.Errorf("mount namespace: %w", err)
 	}
 	for _, t := range trees {
 		if err := os.MkdirAll(t.path, 0o755); err != nil {
@@ -191,6 +196,36 @@ func (n devNode) create() error {
 	// After chown, which clears set-id bits; and free of the umask.
 	if err := unix.Chmod(n.path, perm); err != nil {
 		return fmt.Errorf("chmod %s: %w", n.path, err)
+	}
+	return nil
+}
+
+// applyOwners gives nodes of the private /dev the owners asked for. It
+// runs on the fresh tmpfs only, never following a symlink, so the host's
+// nodes are never changed.
+func applyOwners(owners map[string]NodeOwner) error {
+	for _, p := range slices.Sorted(maps.Keys(owners)) {
+		o := owners[p]
+		p = filepath.Clean(p)
+		if !strings.HasPrefix(p, "/dev/") {
+			return fmt.Errorf("owner of %s: not under /dev", p)
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return fmt.Errorf("owner of %s: %w", p, err)
+		}
+		if t := st.Mode & unix.S_IFMT; t != unix.S_IFCHR && t != unix.S_IFBLK {
+			continue
+		}
+		if err := unix.Lchown(p, int(o.UID), int(o.GID)); err != nil {
+			return fmt.Errorf("chown %s: %w", p, err)
+		}
+		if err := unix.Chmod(p, o.Mode&0o777); err != nil {
+			return fmt.Errorf("chmod %s: %w", p, err)
+		}
 	}
 	return nil
 }

@@ -66,6 +66,18 @@ type MountNamespace struct {
 	// symlinks stay symlinks (and their targets are added); missing host
 	// nodes are skipped.
 	Devices []string
+	// Owners gives nodes of the private /dev (among Devices) another
+	// owner and mode than the host's: a host that keeps /dev/kvm root-only
+	// can still let QEMU's user open QEMU's own copy, as a distribution's
+	// kvm group would. Only device nodes are changed; a path that is not
+	// one in the private /dev is skipped.
+	Owners map[string]NodeOwner `json:",omitempty"`
+}
+
+// NodeOwner is the owner and permission bits of a private /dev node.
+type NodeOwner struct {
+	UID, GID uint32
+	Mode     uint32 // permission bits, e.g. 0o600
 }
 
 // ExecLabel is an LSM label applied at exec.

@@ -13,7 +13,7 @@ as_root() {
 need=""
 for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils fusermount3:fuse3 \
 	xmllint:libxml2-utils cpio:cpio gzip:gzip modinfo:kmod tmux:tmux losetup:mount \
-	setpriv:util-linux; do
+	setpriv:util-linux swtpm:swtpm swtpm_setup:swtpm-tools; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need="$need $pkg"
 done
@@ -65,6 +65,11 @@ if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then
 	getent group qemu >/dev/null || as_root groupadd --system qemu
 	getent passwd qemu >/dev/null || as_root useradd --system --gid qemu --no-create-home \
 		--home-dir /nonexistent --shell /usr/sbin/nologin qemu
+	# ... in the kvm group where the host has one, as distributions do, so
+	# that it can open a /dev/kvm the group may use.
+	if getent group kvm >/dev/null && ! id -nG qemu | tr ' ' '\n' | grep -qx kvm; then
+		as_root usermod -a -G kvm qemu
+	fi
 	# The end-to-end tests act as an unprivileged user of a system mount:
 	# qemufs-test, a member of qemufs-admin (the qemu.conf admin_group or
 	# read_group of those tests).

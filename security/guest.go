@@ -31,6 +31,10 @@ type Guest struct {
 	// Sockets are files QEMU creates itself (QMP and chardev sockets):
 	// AppArmor must allow them; their directories must be reachable.
 	Sockets []string
+	// Connects are sockets other processes of the guest listen on and
+	// QEMU connects to (swtpm's control socket): AppArmor must allow them;
+	// their owner is the driver's to set.
+	Connects []string
 	// SecLabels are the domain's <seclabel> elements.
 	SecLabels []SecLabelRequest
 	// Tune holds cputune, memtune (bytes) and blkiotune.

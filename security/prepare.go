@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/qemufs/qemufs/procmgr"
@@ -172,7 +173,7 @@ func (s *Stack) Prepare(ctx context.Context, g *Guest, spec *procmgr.Spec) (rec 
 		spec.Credential = &procmgr.Credential{UID: cred.UID, GID: cred.GID, Groups: cred.Groups}
 	}
 	if rec.Devices != nil {
-		spec.MountNS = &procmgr.MountNamespace{Devices: rec.Devices}
+		spec.MountNS = &procmgr.MountNamespace{Devices: rec.Devices, Owners: nsOwners(id, rec.Devices)}
 	}
 	if rec.Cgroup != nil {
 		spec.CgroupProcs = rec.Cgroup.Procs()
@@ -480,7 +481,7 @@ func (s *Stack) rules(g *Guest, files []file, spec *procmgr.Spec) []apparmor.Rul
 			out = append(out, apparmor.Rule{Path: f.given, Perms: f.perms})
 		}
 	}
-	for _, p := range g.Sockets {
+	for _, p := range append(slices.Clone(g.Sockets), g.Connects...) {
 		out = append(out, apparmor.Rule{Path: p, Perms: "rw"})
 	}
 	if spec.LogPath != "" {

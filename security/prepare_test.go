@@ -439,7 +439,8 @@ func TestPrepareAppArmor(t *testing.T) {
 	spec := &procmgr.Spec{Path: "/usr/bin/qemu-system-x86_64", LogPath: filepath.Join(dir, "g.log")}
 	sockdir := filepath.Join(dir, "sock.d")
 	os.Mkdir(sockdir, 0o700)
-	g := &Guest{Name: "aa", UUID: uuid, Disks: []Disk{{Path: disk}, {Path: iso, ReadOnly: true}}, Dirs: []string{sockdir}, Sockets: []string{filepath.Join(sockdir, "g.qmp")}}
+	g := &Guest{Name: "aa", UUID: uuid, Disks: []Disk{{Path: disk}, {Path: iso, ReadOnly: true}}, Dirs: []string{sockdir}, Sockets: []string{filepath.Join(sockdir, "g.qmp")},
+		Connects: []string{"/run/qemufs/swtpm/aa-swtpm.sock"}}
 	rec, err := s.Prepare(context.Background(), g, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -452,7 +453,7 @@ func TestPrepareAppArmor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"` + disk + `" rwk,`, `"` + iso + `" rk,`, `"/usr/bin/qemu-system-x86_64" rmix,`, `"` + spec.LogPath + `" w,`, `"` + g.Sockets[0] + `" rw,`} {
+	for _, want := range []string{`"` + disk + `" rwk,`, `"` + iso + `" rk,`, `"/usr/bin/qemu-system-x86_64" rmix,`, `"` + spec.LogPath + `" w,`, `"` + g.Sockets[0] + `" rw,`, `"` + g.Connects[0] + `" rw,`} {
 		if !strings.Contains(string(files), want) {
 			t.Errorf(".files lacks %s:\n%s", want, files)
 		}

@@ -227,10 +227,14 @@ func serve(o mountOptions, notify func(string)) error {
 		ExtraPaths: conf.EmulatorPaths,
 		Version:    version,
 		SecModels:  stack.Models(),
+		KVMAccess:  stack.KVMAccess,
 	}
 	caps, err := prober.Probe(ctx)
 	if err != nil {
 		return fmt.Errorf("mount: capabilities: %w", err)
+	}
+	if prober.KVMDenied != nil {
+		logger.Printf("KVM is not listed in capabilities: %v", prober.KVMDenied)
 	}
 	nets, err := network.New(network.Options{
 		ConfigDir: filepath.Join(inst.ConfigDir, "networks"),

@@ -78,7 +78,7 @@ func Alive(pid int) bool {
 
 // RuntimeFiles lists what NAME leaves in the run and log directories
 // besides its log and console history: pid file, QMP socket, status file,
-// private directory.
+// private directory, swtpm's socket and pid file.
 func (m *Mount) RuntimeFiles(name string) []string {
 	var found []string
 	for _, p := range []string{
@@ -86,6 +86,7 @@ func (m *Mount) RuntimeFiles(name string) []string {
 		filepath.Join(m.RunDir, name+".qmp"),
 		filepath.Join(m.RunDir, name+".status"),
 		filepath.Join(m.RunDir, name+".d"),
+		m.SwtpmSocket(name), filepath.Join(m.swtpmDir("run"), name+"-swtpm.pid"),
 	} {
 		if _, err := os.Lstat(p); err == nil {
 			found = append(found, p)
