@@ -220,7 +220,8 @@ func (m *Manager) Create(name string) error {
 // Define checks a network XML and stores it as name's definition. An
 // active network keeps running as it was; the definition takes effect at
 // the next start.
-func (m *Manager) Define(name string, data []byte) error {
+func (m *Manager) Define(name string, data []byte) (err error) {
+	defer func() { m.noteResult(name, err) }()
 	n, err := Parse(data)
 	if err != nil {
 		return errkind.Errorf(errkind.Invalid, "define network %s: %w", name, err)
@@ -250,9 +251,20 @@ func (m *Manager) Define(name string, data []byte) error {
 	}
 	m.mu.Lock()
 	e.def = n
-	e.lastErr = ""
 	m.mu.Unlock()
 	return nil
+}
+
+// noteResult records the outcome of a command as the network's `error`.
+func (m *Manager) noteResult(name string, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.nets[name]; e != nil {
+		e.lastErr = ""
+		if err != nil {
+			e.lastErr = err.Error()
+		}
+	}
 }
 
 // checkConflicts refuses a definition whose UUID, bridge or subnet another
@@ -366,19 +378,10 @@ func (m *Manager) LastError(name string) string {
 
 // Control runs one ctl command: start, destroy, autostart on|off.
 func (m *Manager) Control(ctx context.Context, name, line string) (err error) {
-	e, err := m.lookup(name)
-	if err != nil {
+	if _, err := m.lookup(name); err != nil {
 		return err
 	}
-	defer func() {
-		m.mu.Lock()
-		if err != nil {
-			e.lastErr = err.Error()
-		} else {
-			e.lastErr = ""
-		}
-		m.mu.Unlock()
-	}()
+	defer func() { m.noteResult(name, err) }()
 	f := strings.Fields(line)
 	switch {
 	case len(f) == 1 && f[0] == "start":
