@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -83,7 +84,13 @@ func needOVMF(t *testing.T) {
 func mustRunning(t *testing.T, m *harness.Mount, name string) {
 	t.Helper()
 	out, err := m.QMP(name, `{"execute":"query-status"}`, time.Minute)
-	if err != nil || !strings.Contains(out, `"running":true`) || !strings.Contains(out, `"status":"running"`) {
+	var reply struct {
+		Return struct {
+			Status  string `json:"status"`
+			Running bool   `json:"running"`
+		} `json:"return"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &reply) != nil || !reply.Return.Running || reply.Return.Status != "running" {
 		t.Fatalf("query-status: %s %v", out, err)
 	}
 }
@@ -211,19 +218,34 @@ func TestUEFINVRAM(t *testing.T) {
 		guid  = "6e3b7c1a-52f2-4f0e-9a5d-1d0c1a2b3c4d"
 		value = "71 00 65 00 6D 00 75 00 66 00 73 00" // L"qemufs"
 	)
+	// The shell's prompt ends no line, so the console is followed as
+	// bytes; each run's console starts empty.
+	var con *harness.Follower
+	seen := func(want string, n int) {
+		t.Helper()
+		deadline := time.Now().Add(firmwareTimeout)
+		for strings.Count(con.String(), want) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%q not seen %d times on the console within %v:\n%q", want, n, firmwareTimeout, con.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	shell := func(n int, cmd string) {
 		t.Helper()
-		m.WaitConsoleCount("u", "Shell> ", n, firmwareTimeout)
+		seen("Shell> ", n)
 		if err := m.Send(cmd+"\r", "u", "console"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	m.MustCtl("u", "start")
+	con = m.Follow("u", "console")
 	mustRunning(t, m, "u")
-	m.WaitConsole("u", "UEFI Interactive Shell", firmwareTimeout)
+	seen("UEFI Interactive Shell", 1)
 	shell(1, "setvar QfsTest -guid "+guid+" -nv -bs =L\"qemufs\"")
 	shell(2, "setvar QfsTest -guid "+guid)
-	m.WaitConsoleCount("u", value, 1, firmwareTimeout)
+	seen(value, 1)
+	con.Stop()
 	m.MustCtl("u", "destroy")
 	first, err := os.ReadFile(nvram)
 	if err != nil || bytes.Equal(first, tmpl) {
@@ -232,9 +254,11 @@ func TestUEFINVRAM(t *testing.T) {
 
 	// Second start: the same store, with the variable.
 	m.MustCtl("u", "start")
-	m.WaitConsoleCount("u", "UEFI Interactive Shell", 2, firmwareTimeout)
-	shell(3, "setvar QfsTest -guid "+guid)
-	m.WaitConsoleCount("u", value, 2, firmwareTimeout)
+	con = m.Follow("u", "console")
+	seen("UEFI Interactive Shell", 1)
+	shell(1, "setvar QfsTest -guid "+guid)
+	seen(value, 1)
+	con.Stop()
 	m.MustCtl("u", "destroy")
 
 	// --reset-nvram: the template again (paused: the firmware has not run).
