@@ -226,6 +226,8 @@ func serve(o mountOptions, notify func(string)) error {
 		ExtraPaths: conf.EmulatorPaths,
 		Version:    version,
 		SecModels:  stack.Models(),
+		// The instance's firmware descriptors, as the driver reads them.
+		FirmwareDirs: []string{filepath.Join(inst.ConfigDir, "firmware")},
 	}
 	caps, err := prober.Probe(ctx)
 	if err != nil {

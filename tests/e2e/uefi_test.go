@@ -289,3 +289,71 @@ func TestUEFINVRAM(t *testing.T) {
 		t.Errorf("NVRAM after rmdir: %v (rmdir keeps it)", err)
 	}
 }
+
+// TestUEFIDomCapabilities: domcapabilities lists the firmware that
+// exists: efi, the OVMF images the descriptors give for that machine, and
+// secure boot only where a secure-boot image fits (q35). A descriptor in
+// the instance's etc/qemu/firmware comes first, in domcapabilities and in
+// the selection.
+func TestUEFIDomCapabilities(t *testing.T) {
+	t.Parallel()
+	needOVMF(t)
+	m := harness.Start(t, harness.Options{})
+	osPart := func(name string) string {
+		t.Helper()
+		x := m.Read("domcapabilities", name)
+		i, j := strings.Index(x, "<os supported='yes'>"), strings.Index(x, "</os>")
+		if i < 0 || j < i {
+			t.Fatalf("%s has no supported <os>:\n%s", name, x)
+		}
+		return x[i:j]
+	}
+	q35, pc := osPart("x86_64-pc-q35-7.2-qemu.xml"), osPart("x86_64-pc-i440fx-7.2-qemu.xml")
+	for _, want := range []string{"<value>efi</value>", "<value>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</value>",
+		"<value>/usr/share/OVMF/OVMF_CODE_4M.secboot.fd</value>", "<value>/usr/share/OVMF/OVMF_CODE_4M.fd</value>",
+		"<enum name='secure'>\n        <value>yes</value>\n        <value>no</value>"} {
+		if !strings.Contains(q35, want) {
+			t.Errorf("q35 domcapabilities lack %q:\n%s", want, q35)
+		}
+	}
+	for _, want := range []string{"<value>efi</value>", "<value>/usr/share/OVMF/OVMF_CODE_4M.fd</value>",
+		"<enum name='secure'>\n        <value>no</value>\n      </enum>"} {
+		if !strings.Contains(pc, want) {
+			t.Errorf("pc domcapabilities lack %q:\n%s", want, pc)
+		}
+	}
+	if strings.Contains(pc, "OVMF_CODE_4M.ms.fd") || strings.Contains(pc, "OVMF_CODE_4M.secboot.fd") {
+		t.Errorf("pc domcapabilities list q35-only secure-boot images:\n%s", pc)
+	}
+
+	// The instance's own descriptor, read at the next mount.
+	mine := filepath.Join(m.Base, "MINE_CODE.fd")
+	code, err := os.ReadFile("/usr/share/OVMF/OVMF_CODE_4M.fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(mine, code, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(m.Root, "etc/qemu/firmware")
+	os.MkdirAll(dir, 0o755)
+	desc := `{"interface-types":["uefi"],"mapping":{"device":"flash","executable":{"filename":"` + mine +
+		`","format":"raw"},"nvram-template":{"filename":"/usr/share/OVMF/OVMF_VARS_4M.fd","format":"raw"}},` +
+		`"targets":[{"architecture":"x86_64","machines":["pc-i440fx-*"]}],"features":[]}`
+	if err := os.WriteFile(filepath.Join(dir, "30-mine.json"), []byte(desc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Mount(); err != nil {
+		t.Fatal(err)
+	}
+	if pc := osPart("x86_64-pc-i440fx-7.2-qemu.xml"); !strings.Contains(pc, "<value>"+mine+"</value>") {
+		t.Errorf("domcapabilities lack the instance's firmware %s:\n%s", mine, pc)
+	}
+	m.Define("o", virtInstallUEFI("o", "pc", ""))
+	if conf := m.Read("o", "config.xml"); !strings.Contains(conf, "type='pflash'>"+mine+"</loader>") {
+		t.Errorf("the instance's descriptor was not chosen:\n%s", conf)
+	}
+}
