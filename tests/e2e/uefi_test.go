@@ -147,6 +147,10 @@ func TestUEFISecureBoot(t *testing.T) {
 	if err != nil || len(got) != len(tmpl) {
 		t.Fatalf("NVRAM after the run: %d bytes, %v; want a copy of the %d-byte template", len(got), err, len(tmpl))
 	}
+	// Shut off, it is the daemon's again (docs/uefi.md: ownership).
+	if fi, err := os.Stat(nvram); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("NVRAM after the run: %v %v; want root's, mode 0600", fi.Mode(), err)
+	}
 }
 
 // TestUEFIFirmwareErrors: requests no firmware can meet are refused at
