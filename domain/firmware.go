@@ -298,12 +298,7 @@ func (d *Domain) ResolveFirmwareIn(dirs []string) error {
 		return nil
 	}
 	if r.loader != "" {
-		if r.template == "" && !r.stateless {
-			if t := findTemplate(loadFirmwareDescs(dirs), r.loader); t != "" {
-				setAttr(ensure(os_, "nvram"), "template", t)
-			}
-		}
-		return nil
+		return d.checkGivenLoader(loadFirmwareDescs(dirs), r)
 	}
 	desc, err := selectFirmware(loadFirmwareDescs(dirs), dirs, r)
 	if err != nil {
@@ -338,6 +333,35 @@ func (d *Domain) ResolveFirmwareIn(dirs []string) error {
 		}
 	}
 	return nil
+}
+
+// checkGivenLoader handles firmware='efi' with a <loader> path (one the
+// user gave, or one selected before and read back): a loader that
+// descriptors describe must fit the rest of the request, as with libvirt,
+// so that a definition whose <firmware> features were edited does not keep
+// running the old image; a fitting descriptor supplies a missing <nvram
+// template>. A loader no descriptor describes is taken as given.
+func (d *Domain) checkGivenLoader(descs []firmwareDesc, r firmwareRequest) error {
+	why := ""
+	for _, desc := range descs {
+		if !samePath(desc.Mapping.Executable.Filename, r.loader) {
+			continue
+		}
+		ok, reason := firmwareMatch(desc, r)
+		if !ok {
+			why = reason
+			continue
+		}
+		if t := desc.Mapping.NVRAMTemplate.Filename; t != "" && r.template == "" && !r.stateless && desc.Mapping.Mode != "stateless" {
+			setAttr(ensure(child(d.root, "os"), "nvram"), "template", t)
+		}
+		return nil
+	}
+	if why == "" {
+		return nil
+	}
+	return &Error{Path: "os/loader", Msg: fmt.Sprintf("firmware='efi': the descriptor of loader %s does not fit the definition (%s); "+
+		"remove <loader> and the <nvram> template to select the firmware again (and start --reset-nvram)", r.loader, why)}
 }
 
 // sortFeatures orders <firmware><feature> by name, as libvirt writes them.
