@@ -151,6 +151,29 @@ func TestUEFISecureBoot(t *testing.T) {
 	if fi, err := os.Stat(nvram); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode().Perm() != 0o600 {
 		t.Errorf("NVRAM after the run: %v %v; want root's, mode 0600", fi.Mode(), err)
 	}
+
+	// Switching secure boot off: the pinned secure loader no longer fits;
+	// without it the plain image is chosen, and --reset-nvram gives its
+	// empty variable store.
+	off := strings.Replace(conf, "<feature enabled='yes' name='secure-boot'/>", "<feature enabled='no' name='secure-boot'/>", 1)
+	off = strings.Replace(off, "<feature enabled='yes' name='enrolled-keys'/>", "<feature enabled='no' name='enrolled-keys'/>", 1)
+	err = m.Write(off, "sb", "config.xml")
+	if !errors.Is(err, syscall.EINVAL) || !strings.Contains(m.ErrorOf("sb"), "does not fit the definition (feature enrolled-keys=yes)") {
+		t.Errorf("redefine with secure boot off and the secure loader: %v, %q", err, m.ErrorOf("sb"))
+	}
+	off = strings.Replace(off, "<loader readonly='yes' secure='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>", "", 1)
+	off = strings.Replace(off, "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>", "<nvram>", 1)
+	m.Define("sb", off)
+	if conf := m.Read("sb", "config.xml"); !strings.Contains(conf, "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>") ||
+		!strings.Contains(conf, "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>"+nvram+"</nvram>") {
+		t.Errorf("secure boot off: not the plain image:\n%s", conf)
+	}
+	m.MustCtl("sb", "start --paused --reset-nvram")
+	plain, _ := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
+	if got, err := os.ReadFile(nvram); err != nil || !bytes.Equal(got, plain) {
+		t.Errorf("after start --reset-nvram the store is not the plain template (%v)", err)
+	}
+	m.MustCtl("sb", "destroy")
 }
 
 // TestUEFIFirmwareErrors: requests no firmware can meet are refused at
