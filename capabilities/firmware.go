@@ -66,7 +66,9 @@ type descriptor struct {
 
 // findFirmware lists the firmware images present under root for each arch:
 // those QEMU firmware descriptors describe, then the well-known paths.
-func findFirmware(root string) map[string][]Firmware {
+// extraDirs are descriptor directories (absolute, not under root) that take
+// precedence over the system ones: the instance's own.
+func findFirmware(root string, extraDirs ...string) map[string][]Firmware {
 	out := map[string][]Firmware{}
 	seen := map[string]bool{}
 	add := func(arch string, f Firmware) {
@@ -79,9 +81,13 @@ func findFirmware(root string) map[string][]Firmware {
 		seen[arch+"\x00"+f.Path] = true
 		out[arch] = append(out[arch], f)
 	}
+	dirs := append([]string(nil), extraDirs...)
+	for _, d := range firmwareDescriptorDirs {
+		dirs = append(dirs, filepath.Join(root, d))
+	}
 	byName := map[string]string{}
-	for i := len(firmwareDescriptorDirs) - 1; i >= 0; i-- {
-		files, _ := filepath.Glob(filepath.Join(root, firmwareDescriptorDirs[i], "*.json"))
+	for i := len(dirs) - 1; i >= 0; i-- {
+		files, _ := filepath.Glob(filepath.Join(dirs[i], "*.json"))
 		for _, f := range files {
 			byName[filepath.Base(f)] = f
 		}

@@ -50,6 +50,10 @@ type Prober struct {
 	// HostRoot is the root under which /proc, /sys and firmware are read
 	// (default "/"); tests point it at a fixture tree.
 	HostRoot string
+	// FirmwareDirs are the instance's firmware descriptor directories,
+	// searched before HostRoot's /etc/qemu/firmware and
+	// /usr/share/qemu/firmware (docs/uefi.md).
+	FirmwareDirs []string
 	// Parallel bounds how many binaries are probed at once (default
 	// 2*GOMAXPROCS, at least 4).
 	Parallel int
@@ -102,7 +106,7 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 		caps.Host.KVMDenied = p.KVMDenied.Error()
 	}
 
-	firmware := findFirmware(p.hostRoot())
+	firmware := findFirmware(p.hostRoot(), p.FirmwareDirs...)
 	var ok int
 	for _, e := range caps.Emulators {
 		if e.Err != "" {

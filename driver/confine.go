@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,21 +20,11 @@ func (d *Driver) prepareHost(r *run) error {
 	if err := live.CheckHost(); err != nil {
 		return err
 	}
-	if err := live.ResolveFirmware(); err != nil {
-		return err
-	}
 	home := filepath.Join(d.inst.LibDir, r.dm.name)
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return err
 	}
-	if path, tmpl := live.NVRAMPath(home); path != "" && tmpl != "" {
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			if err := copyFile(tmpl, path, 0o600); err != nil {
-				return fmt.Errorf("NVRAM from template: %w", err)
-			}
-		}
-	}
-	return nil
+	return d.prepareFirmware(r, r.resetNVRAM) // driver/nvram.go
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {
@@ -116,7 +105,7 @@ func (d *Driver) securityGuest(r *run) (*security.Guest, error) {
 			}
 		}
 	}
-	if nv, _ := live.NVRAMPath(filepath.Join(d.inst.LibDir, r.dm.name)); nv != "" && !seen[nv] {
+	if nv, _ := live.NVRAMPath(d.nvramDir()); nv != "" && !seen[nv] {
 		seen[nv] = true
 		g.Writes = append(g.Writes, nv)
 	}

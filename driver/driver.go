@@ -279,6 +279,9 @@ func (d *Driver) Define(name string, xml []byte) (err error) {
 	if err := domain.Expand(def, d.caps); err != nil {
 		return errorf(ErrInvalid, "define %s: %w", name, err)
 	}
+	if err := d.resolveFirmware(def); err != nil { // driver/nvram.go
+		return errorf(ErrInvalid, "define %s: %w", name, err)
+	}
 	if other := d.uuidOwner(def.UUID(), name); other != "" {
 		return errorf(ErrExist, "define %s: UUID %s is already used by domain %q", name, def.UUID(), other)
 	}

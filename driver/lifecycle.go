@@ -24,6 +24,8 @@ type StartOptions struct {
 	Paused bool
 	// Autodestroy destroys the guest when the mount ends.
 	Autodestroy bool
+	// ResetNVRAM recreates the UEFI variable store from its template.
+	ResetNVRAM bool
 }
 
 // ctlCommand is one ctl command: its usage line (for messages and docs)
@@ -75,7 +77,7 @@ func noArgs(fn func(ctx context.Context, d *Driver, dm *dom) error) func(context
 }
 
 func init() {
-	registerCommand("start [--paused] [--autodestroy]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	registerCommand("start [--paused] [--autodestroy] [--reset-nvram]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
 		var o StartOptions
 		for _, a := range args {
 			switch a {
@@ -83,6 +85,8 @@ func init() {
 				o.Paused = true
 			case "--autodestroy":
 				o.Autodestroy = true
+			case "--reset-nvram":
+				o.ResetNVRAM = true
 			default:
 				return errBadArgs
 			}
@@ -244,6 +248,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	}
 	r := newRun(d, dm)
 	r.autodestroy = o.Autodestroy
+	r.resetNVRAM = o.ResetNVRAM
 	r.live = def.Clone()
 	f := r.files
 

@@ -37,6 +37,7 @@ type run struct {
 	vncPort     int
 	spicePort   int // an autoport SPICE display's port
 	autodestroy bool
+	resetNVRAM  bool // start --reset-nvram (driver/nvram.go)
 
 	qmpEvents *stream.Log
 	evq       *eventQueue

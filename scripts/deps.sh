@@ -18,6 +18,8 @@ for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils fusermount3:f
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need="$need $pkg"
 done
+# UEFI firmware (OVMF) with its QEMU firmware descriptors, for UEFI guests.
+[ -e /usr/share/qemu/firmware/60-edk2-x86_64.json ] || need="$need ovmf"
 # The test guest is built from packages that are downloaded, not installed.
 if [ -n "$need" ]; then
 	echo "deps: installing$need"

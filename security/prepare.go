@@ -332,11 +332,19 @@ func (s *Stack) checkAccess(g *Guest, id dac.Identity, relabel bool, files []fil
 		return nil
 	}
 	for _, f := range files {
-		if err := dac.CheckSearch(id, f.given); err != nil {
+		// A file in one of the guest's directories (an NVRAM in its lib
+		// directory) is reached once Prepare has given that directory.
+		reach := func(p string) string {
+			if !f.dir && s.managed(g, filepath.Dir(p)) {
+				return filepath.Dir(p)
+			}
+			return p
+		}
+		if err := dac.CheckSearch(id, reach(f.given)); err != nil {
 			return errf(g, "%s %v", f.what, err)
 		}
 		if f.given != f.path {
-			if err := dac.CheckSearch(id, f.path); err != nil {
+			if err := dac.CheckSearch(id, reach(f.path)); err != nil {
 				return errf(g, "%s %v", f.what, err)
 			}
 		}

@@ -574,3 +574,37 @@ func TestArgs(t *testing.T) {
 		}
 	}
 }
+
+// TestFileInOwnDir: a writable file inside one of the guest's own
+// directories (an NVRAM the XML puts in the guest's lib directory), which
+// QEMU's user cannot search yet, is granted: Prepare gives the directory
+// first. The same file elsewhere behind a closed directory is refused.
+func TestFileInOwnDir(t *testing.T) {
+	dir := searchable(t)
+	gdir := filepath.Join(dir, "g.lib")
+	if err := os.Mkdir(gdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	nvram := mkfile(t, gdir, "g_VARS.fd", 0o600)
+	before := snapshot(t, gdir, nvram)
+	s, err := New(system(), Host{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.Prepare(context.Background(), &Guest{Name: "own", Dirs: []string{gdir}, Writes: []string{nvram}}, &procmgr.Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := owner(t, nvram); o.UID != 65534 {
+		t.Errorf("NVRAM owned by %+v, want QEMU's user (nobody)", o)
+	}
+	if err := s.Restore(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	unchanged(t, before)
+	if _, err := s.Prepare(context.Background(), &Guest{Name: "other", Writes: []string{nvram}}, &procmgr.Spec{}); err == nil ||
+		!strings.Contains(err.Error(), "run 'chmod o+x "+gdir+"'") {
+		t.Errorf("a file behind a closed directory that is not the guest's: %v", err)
+	}
+	unchanged(t, before)
+}

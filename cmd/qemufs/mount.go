@@ -228,6 +228,8 @@ func serve(o mountOptions, notify func(string)) error {
 		Version:    version,
 		SecModels:  stack.Models(),
 		KVMAccess:  stack.KVMAccess,
+		// The instance's firmware descriptors, as the driver reads them.
+		FirmwareDirs: []string{filepath.Join(inst.ConfigDir, "firmware")},
 	}
 	caps, err := prober.Probe(ctx)
 	if err != nil {

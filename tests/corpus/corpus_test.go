@@ -348,7 +348,8 @@ func shortTmp(t *testing.T) string {
 }
 
 // makeFirmware writes blank UEFI images and QEMU firmware descriptors
-// (a secure-boot build needing SMM, and a plain one) into dir/firmware.
+// (a secure-boot build needing SMM, a plain one and a stateless one) into
+// dir/firmware.
 func makeFirmware(dir string) (string, error) {
 	fw := filepath.Join(dir, "firmware")
 	if err := os.MkdirAll(fw, 0o755); err != nil {
@@ -371,6 +372,17 @@ func makeFirmware(dir string) (string, error) {
 		if err := os.WriteFile(filepath.Join(fw, v.name+".json"), []byte(desc), 0o644); err != nil {
 			return "", err
 		}
+	}
+	// A stateless build (no variable store), for <loader stateless='yes'>.
+	code := filepath.Join(fw, "70-ovmf-stateless.fd")
+	if err := zeroFile(code, 2<<20); err != nil {
+		return "", err
+	}
+	desc := fmt.Sprintf(`{"interface-types":["uefi"],"mapping":{"device":"flash","mode":"stateless",
+"executable":{"filename":%q,"format":"raw"}},
+"targets":[{"architecture":"x86_64","machines":["pc-i440fx-*","pc-q35-*"]}],"features":["amd-sev"]}`, code)
+	if err := os.WriteFile(filepath.Join(fw, "70-ovmf-stateless.json"), []byte(desc), 0o644); err != nil {
+		return "", err
 	}
 	return fw, nil
 }

@@ -1,0 +1,153 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeFirmware puts a blank UEFI image and its descriptor in the
+// instance's own firmware directory (ahead of the system's), and returns
+// the image and its variable template. The guests only start paused: the
+// image never runs.
+func fakeFirmware(t *testing.T, d *Driver) (code, vars string) {
+	t.Helper()
+	dir := filepath.Join(d.inst.ConfigDir, "firmware")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, vars = filepath.Join(dir, "CODE.fd"), filepath.Join(dir, "VARS.fd")
+	if err := os.WriteFile(code, make([]byte, 2<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(vars, bytes.Repeat([]byte("VARS"), 32<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	desc := `{"interface-types":["uefi"],"mapping":{"device":"flash","executable":{"filename":"` + code +
+		`","format":"raw"},"nvram-template":{"filename":"` + vars + `","format":"raw"}},` +
+		`"targets":[{"architecture":"x86_64","machines":["pc-i440fx-*","pc-q35-*"]}],"features":[]}`
+	if err := os.WriteFile(filepath.Join(dir, "00-test.json"), []byte(desc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return code, vars
+}
+
+func efiXML(name, os string) string {
+	return `<domain type='qemu'><name>` + name + `</name><memory unit='MiB'>64</memory>
+<os firmware='efi'><type arch='x86_64' machine='pc'>hvm</type>` + os + `</os><devices><serial type='pty'/></devices></domain>`
+}
+
+// TestNVRAMLifecycle: the variable store is named at define, created from
+// the template at the first start (also where the XML names a file that
+// does not exist yet), kept across starts, reset on request, and removed
+// only by undefine --nvram.
+func TestNVRAMLifecycle(t *testing.T) {
+	d := newDriver(t)
+	code, vars := fakeFirmware(t, d)
+	tmpl, _ := os.ReadFile(vars)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ctl := func(name, line string) error {
+		t.Helper()
+		return d.Control(ctx, name, line)
+	}
+	mustCtl := func(name, line string) {
+		t.Helper()
+		if err := ctl(name, line); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+	}
+	same := func(path string) bool {
+		got, err := os.ReadFile(path)
+		return err == nil && bytes.Equal(got, tmpl)
+	}
+
+	for _, n := range []string{"a", "b", "c", "bios"} {
+		if err := d.Create(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a: the default store under lib/qemu/nvram.
+	if err := d.Define("a", []byte(efiXML("a", ""))); err != nil {
+		t.Fatal(err)
+	}
+	nv := filepath.Join(d.inst.LibDir, "nvram", "a_VARS.fd")
+	conf, _ := d.Config("a")
+	if want := "<loader readonly='yes' type='pflash'>" + code + "</loader>\n    <nvram template='" + vars + "'>" + nv + "</nvram>"; !strings.Contains(string(conf), want) {
+		t.Errorf("definition lacks\n%s\n%s", want, conf)
+	}
+	mustCtl("a", "start --paused")
+	if !same(nv) {
+		t.Error("first start: the store is not a copy of the template")
+	}
+	mustCtl("a", "destroy")
+	written := bytes.Repeat([]byte("GUEST"), len(tmpl)/5+1)[:len(tmpl)] // what a guest might leave
+	if err := os.WriteFile(nv, written, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustCtl("a", "start --paused")
+	if got, _ := os.ReadFile(nv); !bytes.Equal(got, written) {
+		t.Errorf("second start recreated the store: %.20q", got)
+	}
+	if err := ctl("a", "undefine"); !errors.Is(err, ErrBusy) {
+		t.Errorf("undefine of a running domain: %v, want ErrBusy", err)
+	}
+	mustCtl("a", "destroy")
+	mustCtl("a", "start --paused --reset-nvram")
+	if !same(nv) {
+		t.Error("start --reset-nvram did not restore the template")
+	}
+	mustCtl("a", "destroy")
+	mustCtl("a", "undefine")
+	if !same(nv) {
+		t.Error("undefine without --nvram removed the store")
+	}
+	if err := d.Define("a", []byte(efiXML("a", ""))); err != nil {
+		t.Fatal(err)
+	}
+	mustCtl("a", "undefine --nvram")
+	if _, err := os.Stat(nv); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("undefine --nvram left the store: %v", err)
+	}
+	if err := ctl("a", "undefine"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("undefine of an undefined domain: %v, want ErrInvalid", err)
+	}
+	if err := ctl("a", "undefine --bogus"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("undefine --bogus: %v, want ErrInvalid", err)
+	}
+
+	// b: the XML names a store in a directory that does not exist yet.
+	given := filepath.Join(d.inst.LibDir, "b", "sub", "b_VARS.fd")
+	if err := d.Define("b", []byte(efiXML("b", "<nvram>"+given+"</nvram>"))); err != nil {
+		t.Fatal(err)
+	}
+	mustCtl("b", "start --paused")
+	if !same(given) {
+		t.Errorf("the named store %s was not created from the template", given)
+	}
+	mustCtl("b", "destroy")
+
+	// c: a pflash loader no descriptor describes, without a template.
+	other := filepath.Join(t.TempDir(), "OTHER_CODE.fd")
+	os.WriteFile(other, make([]byte, 2<<20), 0o644)
+	if err := d.Define("c", []byte(strings.Replace(efiXML("c", "<loader readonly='yes' type='pflash'>"+other+"</loader>"), " firmware='efi'", "", 1))); err != nil {
+		t.Fatal(err)
+	}
+	err := ctl("c", "start --paused")
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no NVRAM template matches the loader "+other) {
+		t.Errorf("start without a template: %v", err)
+	}
+
+	// A BIOS guest has no store to reset.
+	if err := d.Define("bios", []byte(minimalXML("bios"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl("bios", "start --reset-nvram"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no UEFI variable store") {
+		t.Errorf("--reset-nvram of a BIOS guest: %v", err)
+	}
+}
