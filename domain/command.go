@@ -54,6 +54,10 @@ type CommandOptions struct {
 	// ExtraArgs are added before the final "-msg timestamp=on", e.g. the
 	// security layer's "-sandbox on,...".
 	ExtraArgs []string
+	// Incoming, when set, is the argument of "-incoming": QEMU waits for
+	// a migration stream instead of booting (a restore uses "defer" and
+	// then migrate-incoming).
+	Incoming string
 }
 
 // Command is a QEMU command line: run Path with Args in the environment Env
@@ -384,6 +388,9 @@ func (b *builder) tail() error {
 		b.add("-compat", "deprecated-input=reject,deprecated-output=hide")
 	case "crash":
 		b.add("-compat", "deprecated-input=crash,deprecated-output=hide")
+	}
+	if b.opts.Incoming != "" {
+		b.add("-incoming", b.opts.Incoming)
 	}
 	b.add(b.opts.ExtraArgs...)
 	b.add("-msg", "timestamp=on")
