@@ -58,6 +58,10 @@ type CommandOptions struct {
 	// ExtraArgs are added before the final "-msg timestamp=on", e.g. the
 	// security layer's "-sandbox on,...".
 	ExtraArgs []string
+	// Incoming, when set, is the argument of "-incoming": QEMU waits for
+	// a migration stream instead of booting (a restore uses "defer" and
+	// then migrate-incoming).
+	Incoming string
 	// NetAttach says how the driver connected the host side of each
 	// interface it manages (type network, bridge, or ethernet with a tap
 	// it made), by the interface's alias (net0, ...). An interface of type
@@ -403,6 +407,9 @@ func (b *builder) tail() error {
 		b.add("-compat", "deprecated-input=reject,deprecated-output=hide")
 	case "crash":
 		b.add("-compat", "deprecated-input=crash,deprecated-output=hide")
+	}
+	if b.opts.Incoming != "" {
+		b.add("-incoming", b.opts.Incoming)
 	}
 	b.add(b.opts.ExtraArgs...)
 	b.add("-msg", "timestamp=on")

@@ -184,6 +184,9 @@ func (d *Driver) loadDefinitions() error {
 		dm := d.newDom(name)
 		dm.def, dm.defXML = def, def.XML()
 		dm.state, dm.reason = StateShutoff, ReasonUnknown
+		if d.hasManagedSave(name) {
+			dm.reason = ReasonSaved
+		}
 		if _, err := os.Stat(d.autostartPath(name)); err == nil {
 			dm.autostart = true
 		}
@@ -336,6 +339,10 @@ func (d *Driver) Remove(name string) (err error) {
 	dm.mu.Unlock()
 	if active {
 		err = errorf(ErrBusy, "undefine %s: the domain is active; destroy or shut it down first", name)
+		dm.noteResult(err)
+		return err
+	}
+	if err := d.checkUndefineSaved(dm); err != nil {
 		dm.noteResult(err)
 		return err
 	}

@@ -26,6 +26,13 @@ type StartOptions struct {
 	Autodestroy bool
 	// ResetNVRAM recreates the UEFI variable store from its template.
 	ResetNVRAM bool
+	// ForceBoot discards a managed save image and boots (save.go).
+	ForceBoot bool
+
+	// running (restore --running) runs a guest saved while paused.
+	running bool
+	// incoming, when set, is the saved state to load instead of booting.
+	incoming *incoming
 }
 
 // ctlCommand is one ctl command: its usage line (for messages and docs)
@@ -77,7 +84,7 @@ func noArgs(fn func(ctx context.Context, d *Driver, dm *dom) error) func(context
 }
 
 func init() {
-	registerCommand("start [--paused] [--autodestroy] [--reset-nvram]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	registerCommand("start [--paused] [--autodestroy] [--reset-nvram] [--force-boot]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
 		var o StartOptions
 		for _, a := range args {
 			switch a {
@@ -87,6 +94,8 @@ func init() {
 				o.Autodestroy = true
 			case "--reset-nvram":
 				o.ResetNVRAM = true
+			case "--force-boot":
+				o.ForceBoot = true
 			default:
 				return errBadArgs
 			}
@@ -227,6 +236,9 @@ func (d *Driver) startLocked(ctx context.Context, dm *dom, o StartOptions) error
 	if active {
 		return errorf(ErrBusy, "start %s: the domain is already running", dm.name)
 	}
+	if handled, err := d.startManagedSave(ctx, dm, def, o); handled {
+		return err
+	}
 	if err := d.start(ctx, dm, def, o); err != nil {
 		dm.mu.Lock()
 		if dm.run == nil {
@@ -311,9 +323,12 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	defer nets.close()
-	cmdOpts := commandOptions(d, r, emu, 3)
-	cmdOpts.NetAttach = nets.attach
-	cmd, err := domain.BuildCommand(r.live, cmdOpts)
+	copts := commandOptions(d, r, emu, 3)
+	copts.NetAttach = nets.attach
+	if o.incoming != nil {
+		copts.Incoming = "defer" // restore: loadIncoming feeds the state
+	}
+	cmd, err := domain.BuildCommand(r.live, copts)
 	if err != nil {
 		return errorf(ErrInvalid, "start %s: %w", name, err)
 	}
@@ -326,6 +341,10 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		LogPath:    f.Log,
 		PidPath:    f.PidFile,
 		ExtraFiles: append([]*os.File{qmpFile}, nets.files()...),
+	}
+	if o.incoming != nil {
+		o.incoming.fd = 3 + len(spec.ExtraFiles)
+		spec.ExtraFiles = append(spec.ExtraFiles, o.incoming.img.f)
 	}
 	if err := d.prepareSecurity(ctx, r, &spec); err != nil {
 		return err
@@ -362,13 +381,20 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	}
 	r.refreshLive()
 	d.noteTaints(r)
+	booted := ReasonBooted
+	if o.incoming != nil {
+		if err := d.loadIncoming(ctx, r, o.incoming); err != nil {
+			return err
+		}
+		booted = ReasonRestored
+	}
 
 	dm.mu.Lock()
 	dm.run = r
 	if o.Paused {
 		dm.state, dm.reason = StatePaused, ReasonUser
 	} else {
-		dm.state, dm.reason = StateRunning, ReasonBooted
+		dm.state, dm.reason = StateRunning, booted
 	}
 	dm.mu.Unlock()
 	undo = append(undo, func() {
@@ -384,7 +410,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	if err := r.saveStatus(); err != nil {
 		return errorf(ErrIO, "start %s: %w", name, err)
 	}
-	dm.publish(EventStarted, ReasonBooted)
+	dm.publish(EventStarted, booted)
 	if o.Paused {
 		dm.publish(EventPaused, ReasonUser)
 	}
