@@ -80,6 +80,7 @@ type dom struct {
 	removed   bool
 
 	events *stream.Log // lifecycle events; lives across runs
+	snaps  snapSet     // snapshots (snapshot.go), loaded on first use
 }
 
 // New returns a Driver for an instance: it loads the persistent definitions
@@ -325,6 +326,11 @@ func (d *Driver) Remove(name string) (err error) {
 	dm.mu.Unlock()
 	if active {
 		err = errorf(ErrBusy, "undefine %s: the domain is active; destroy or shut it down first", name)
+		dm.noteResult(err)
+		return err
+	}
+	if n := d.snapshotCount(dm); n > 0 {
+		err = errorf(ErrBusy, "undefine %s: the domain has %d snapshot(s); rmdir them under snapshots/ first", name, n)
 		dm.noteResult(err)
 		return err
 	}
