@@ -281,7 +281,10 @@ func TestSnapshotOffline(t *testing.T) {
 	}{
 		{func() error { return d.SnapshotCreate(ctx, "a", "s1") }, ErrExist, "exists already"},
 		{func() error { return d.SnapshotCreate(ctx, "a", "9") }, ErrInvalid, "is a number"},
-		{func() error { _, err := d.SnapshotCreateXML(ctx, "a", []byte("<domainsnapshot><name>x</name>")); return err }, ErrInvalid, "snapshot XML"},
+		{func() error {
+			_, err := d.SnapshotCreateXML(ctx, "a", []byte("<domainsnapshot><name>x</name>"))
+			return err
+		}, ErrInvalid, "snapshot XML"},
 		{func() error {
 			_, err := d.SnapshotCreateXML(ctx, "a", []byte("<domainsnapshot><name>x</name><memory snapshot='internal'/></domainsnapshot>"))
 			return err
