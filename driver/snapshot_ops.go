@@ -274,10 +274,13 @@ func (d *Driver) internalOffline(ctx context.Context, tag string, plans []diskPl
 
 // createOverlays makes the new qcow2 top image of each external disk, on
 // top of the disk's current image, and returns each overlay's backing
-// chain. The overlay takes the owner and mode of the image below (what
-// QEMU needed of the disk stays true of its new top). On failure the
-// overlays made are removed.
-func createOverlays(ctx context.Context, plans []diskPlan) (map[string][]domain.BackingLayer, error) {
+// chain. With inherit, the overlay takes the owner and mode of the image
+// below, so that what QEMU needed of the disk stays true of its new top
+// (a shut-off domain, or one QEMU runs as the daemon's user); without, it
+// stays the daemon's, mode 0600, for the security stack to grant to the
+// running QEMU and take back when it stops. On failure the overlays made
+// are removed.
+func createOverlays(ctx context.Context, plans []diskPlan, inherit bool) (map[string][]domain.BackingLayer, error) {
 	chains := map[string][]domain.BackingLayer{}
 	var made []string
 	fail := func(err error) (map[string][]domain.BackingLayer, error) {
@@ -299,7 +302,9 @@ func createOverlays(ctx context.Context, plans []diskPlan) (map[string][]domain.
 			return fail(errorf(ErrIO, "snapshot: disk %s: %w", p.target, err))
 		}
 		made = append(made, p.overlay)
-		if st, err := os.Stat(p.source); err == nil {
+		if !inherit {
+			os.Chmod(p.overlay, 0o600)
+		} else if st, err := os.Stat(p.source); err == nil {
 			if sys, ok := statOwner(st); ok {
 				os.Chown(p.overlay, sys.uid, sys.gid)
 			}
@@ -317,7 +322,7 @@ func createOverlays(ctx context.Context, plans []diskPlan) (map[string][]domain.
 // externalOffline takes external disk snapshots of a shut-off domain:
 // overlays made with qemu-img, and the definition's disks switched to them.
 func (d *Driver) externalOffline(ctx context.Context, dm *dom, plans []diskPlan) error {
-	chains, err := createOverlays(ctx, plans)
+	chains, err := createOverlays(ctx, plans, true)
 	if err != nil {
 		return err
 	}
@@ -375,7 +380,8 @@ func (d *Driver) externalLive(ctx context.Context, dm *dom, r *run, plans []disk
 			return errorf(ErrIO, "snapshot %s: disk %s: QEMU has no block node for %s", dm.name, p.target, p.source)
 		}
 	}
-	chains, err := createOverlays(ctx, plans)
+	confined := d.sec != nil && r.sec != nil
+	chains, err := createOverlays(ctx, plans, !confined)
 	if err != nil {
 		return err
 	}
@@ -405,7 +411,7 @@ func (d *Driver) externalLive(ctx context.Context, dm *dom, r *run, plans []disk
 		if p.mode != modeExternal {
 			continue
 		}
-		if d.sec != nil && r.sec != nil {
+		if confined {
 			if err := d.sec.AddDisk(ctx, r.sec, security.Disk{Path: p.overlay}); err != nil {
 				return errorf(ErrPerm, "snapshot %s: disk %s: overlay %s: %w", dm.name, p.target, p.overlay, err)
 			}
