@@ -199,9 +199,13 @@ func TestSnapshots(t *testing.T) {
 		want syscall.Errno
 		msg  string
 	}{
-		{"bad XML", func() error { return m.Write("<domainsnapshot><name>x</name><bogus/></domainsnapshot>", "s", "snapshots", "create") },
+		{"bad XML", func() error {
+			return m.Write("<domainsnapshot><name>x</name><bogus/></domainsnapshot>", "s", "snapshots", "create")
+		},
 			syscall.EINVAL, "unknown element <bogus>"},
-		{"broken XML", func() error { return m.Write("<domainsnapshot><name>x</nam></domainsnapshot>", "s", "snapshots", "create") },
+		{"broken XML", func() error {
+			return m.Write("<domainsnapshot><name>x</nam></domainsnapshot>", "s", "snapshots", "create")
+		},
 			syscall.EINVAL, "snapshot XML"},
 		{"memory of a shut-off domain", func() error {
 			return m.Write("<domainsnapshot><name>x</name><memory snapshot='internal'/></domainsnapshot>", "s", "snapshots", "create")
