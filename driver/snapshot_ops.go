@@ -239,7 +239,7 @@ func (d *Driver) saveInternalLive(ctx context.Context, r *run, tag string, plans
 	r.mu.Lock()
 	r.pauseReason = "snapshot"
 	r.mu.Unlock()
-	err = r.job(ctx, "snapshot-save", map[string]any{"tag": tag, "vmstate": devices[0], "devices": devices})
+	err = r.snapshotJob(ctx, "snapshot-save", map[string]any{"tag": tag, "vmstate": devices[0], "devices": devices})
 	r.mu.Lock()
 	r.pauseReason = ""
 	r.mu.Unlock()
@@ -454,6 +454,23 @@ func (d *Driver) externalLive(ctx context.Context, dm *dom, r *run, plans []disk
 	return nil
 }
 
+func init() {
+	registerCommand("snapshot [NAME]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+		switch len(args) {
+		case 0:
+			_, err := d.takeSnapshot(ctx, dm.name, &snapRequest{})
+			return err
+		case 1:
+			if err := checkSnapshotName(args[0]); err != nil {
+				return errorf(ErrInvalid, "snapshot %s: %w", dm.name, err)
+			}
+			_, err := d.takeSnapshot(ctx, dm.name, &snapRequest{Name: args[0]})
+			return err
+		}
+		return errBadArgs
+	})
+}
+
 // SnapshotControl runs a command written to snapshots/SNAP/ctl: revert
 // [--paused|--running].
 func (d *Driver) SnapshotControl(ctx context.Context, name, snap, line string) (err error) {
@@ -630,7 +647,7 @@ func (d *Driver) loadInternal(ctx context.Context, r *run, sn *snapshot) error {
 	r.mu.Lock()
 	r.pauseReason = ReasonFromSnapshot
 	r.mu.Unlock()
-	err = r.job(ctx, "snapshot-load", map[string]any{"tag": sn.Name, "vmstate": devices[0], "devices": devices})
+	err = r.snapshotJob(ctx, "snapshot-load", map[string]any{"tag": sn.Name, "vmstate": devices[0], "devices": devices})
 	r.mu.Lock()
 	r.pauseReason = ""
 	r.mu.Unlock()
@@ -800,7 +817,7 @@ func (d *Driver) deleteInternal(ctx context.Context, dm *dom, sn *snapshot) erro
 			}
 		}
 		if len(devices) > 0 {
-			err := r.job(ctx, "snapshot-delete", map[string]any{"tag": sn.Name, "devices": devices})
+			err := r.snapshotJob(ctx, "snapshot-delete", map[string]any{"tag": sn.Name, "devices": devices})
 			if err != nil && !snapshotMissing(err) {
 				return errorf(ErrIO, "delete snapshot %s: snapshot-delete %s: %w", dm.name, sn.Name, err)
 			}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/qemufs/qemufs/monitor"
 )
 
 // qemuImg runs qemu-img with args; the error carries what it printed.
@@ -124,6 +126,27 @@ func (r *run) job(ctx context.Context, command string, args map[string]any) erro
 		if j.Error != "" {
 			return errors.New(j.Error)
 		}
+	}
+	return nil
+}
+
+// snapshotJob runs an internal-snapshot job (snapshot-save, -load,
+// -delete); a QEMU older than 6.0, which lacks them, gets the human
+// monitor's savevm, loadvm or delvm instead, which act on every writable
+// disk.
+func (r *run) snapshotJob(ctx context.Context, command string, args map[string]any) error {
+	err := r.job(ctx, command, args)
+	var qe *monitor.Error
+	if !errors.As(err, &qe) || qe.Class != "CommandNotFound" {
+		return err
+	}
+	hmp := map[string]string{"snapshot-save": "savevm", "snapshot-load": "loadvm", "snapshot-delete": "delvm"}[command]
+	out, err := r.mon.HMP(ctx, hmp+" "+args["tag"].(string))
+	if err != nil {
+		return err
+	}
+	if out = strings.TrimSpace(out); out != "" {
+		return fmt.Errorf("%s: %s", hmp, out)
 	}
 	return nil
 }

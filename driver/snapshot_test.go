@@ -506,3 +506,92 @@ func TestSnapshotRunning(t *testing.T) {
 		t.Errorf("restart does not use the overlay:\n%s", argv)
 	}
 }
+
+// TestSnapshotCtl: the domain's ctl takes snapshots too, named or named
+// after the time.
+func TestSnapshotCtl(t *testing.T) {
+	needQemuImg(t)
+	d := newDriver(t)
+	ctx := context.Background()
+	img := filepath.Join(d.inst.LibDir, "a.qcow2")
+	mkQcow(t, img)
+	d.Create("a")
+	if err := d.SnapshotCreate(ctx, "a", "s0"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "not defined") {
+		t.Errorf("snapshot of an empty slot: %v", err)
+	}
+	if err := d.Define("a", []byte(qcowXML("a", img))); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		line string
+		kind error
+	}{
+		{"snapshot 12", ErrInvalid},
+		{"snapshot a b", ErrInvalid},
+		{"snapshot named", nil},
+		{"snapshot", nil},
+	} {
+		if err := d.Control(ctx, "a", tt.line); !errors.Is(err, tt.kind) && !(tt.kind == nil && err == nil) {
+			t.Errorf("%s: %v, want %v", tt.line, err, tt.kind)
+		}
+	}
+	names, _ := d.Snapshots("a")
+	if len(names) != 2 || names[1] != "named" || len(names[0]) != len("20060102-150405") {
+		t.Errorf("snapshots %v, want a time-named one and 'named'", names)
+	}
+	if x, _ := d.SnapshotXML("a", names[0]); !strings.Contains(string(x), "<parent>\n    <name>named</name>") {
+		t.Errorf("the second snapshot's parent is not the first:\n%s", x)
+	}
+}
+
+// TestSnapshotRevertRedefined: a memory snapshot reverted into a guest
+// whose configuration changed since restarts QEMU with the snapshot's
+// definition (the memory state belongs to it), which becomes config.xml
+// again.
+func TestSnapshotRevertRedefined(t *testing.T) {
+	needQemuImg(t)
+	d := newDriver(t)
+	ctx := context.Background()
+	img := filepath.Join(d.inst.LibDir, "a.qcow2")
+	mkQcow(t, img)
+	d.Create("a")
+	xml := qcowXML("a", img)
+	if err := d.Define("a", []byte(xml)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Control(ctx, "a", "start"); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := d.Pid("a")
+	if err := d.SnapshotCreate(ctx, "a", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := d.Pid("a"); p != pid {
+		t.Fatal("the snapshot restarted QEMU")
+	}
+	if err := d.Control(ctx, "a", "destroy"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Define("a", []byte(strings.Replace(xml, "<memory unit='MiB'>64</memory>", "<memory unit='MiB'>96</memory>", 1))); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Control(ctx, "a", "start"); err != nil {
+		t.Fatal(err)
+	}
+	pid, _ = d.Pid("a")
+	if err := d.SnapshotControl(ctx, "a", "s1", "revert --running"); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := d.Pid("a"); p == pid || p == 0 {
+		t.Errorf("QEMU pid %d after revert (was %d): want a new QEMU", p, pid)
+	}
+	if st, _ := d.StateLine("a"); st != "running (from snapshot)" && !strings.HasPrefix(st, "running") {
+		t.Errorf("state %q", st)
+	}
+	for _, f := range []func(string) ([]byte, error){d.Config, d.LiveXML} {
+		b, _ := f("a")
+		if !strings.Contains(string(b), "<memory unit='KiB'>65536</memory>") {
+			t.Errorf("definition after revert does not have the snapshot's memory size:\n%s", b)
+		}
+	}
+}
