@@ -189,6 +189,20 @@ func TestSnapshots(t *testing.T) {
 	if st := m.State("s"); st != "shut off (from snapshot)" {
 		t.Errorf("state after an offline revert %q", st)
 	}
+	// revert --running boots the guest on off1's disks: the overlay over
+	// the base, both given to QEMU's user.
+	if err := m.Write("revert --running\n", "s", "snapshots", "off1", "ctl"); err != nil {
+		t.Fatalf("revert --running: %v (error: %s)", err, m.ErrorOf("s"))
+	}
+	m.WaitConsole("s", harness.Guest(t).ReadyLine, boot)
+	if st := m.State("s"); !strings.HasPrefix(st, "running") {
+		t.Errorf("state after revert --running %q", st)
+	}
+	look("R4", "MARK-C")
+	if o := ownerOf(t, overlay); o.UID != uid || o.GID != gid {
+		t.Errorf("overlay after a restart: %v, want QEMU's user %d:%d", o, uid, gid)
+	}
+	m.MustCtl("s", "destroy")
 
 	// Refusals: nothing changes, the reason is in error.
 	before := listDir(t, snaps)
