@@ -418,7 +418,8 @@ func TestSnapshotRunning(t *testing.T) {
 	}
 	state := func(want string) {
 		t.Helper()
-		if st, _ := d.StateLine("a"); st != want && !strings.HasPrefix(st, want+" ") {
+		st, _ := d.StateLine("a")
+		if st != want && !strings.HasPrefix(st, want+" ") {
 			t.Errorf("state %q, want %q", st, want)
 		}
 	}
@@ -434,10 +435,14 @@ func TestSnapshotRunning(t *testing.T) {
 	}
 	state("running")
 	write(0xbb)
+	pid, _ := d.Pid("a")
 	if err := d.SnapshotControl(ctx, "a", "s1", "revert"); err != nil {
 		t.Fatal(err)
 	}
-	state("running")
+	state("running (from snapshot)")
+	if p, _ := d.Pid("a"); p != pid {
+		t.Errorf("revert in place restarted QEMU (pid %d, was %d)", p, pid)
+	}
 	destroy()
 	if !hasPattern(t, img, 0xaa) {
 		t.Error("revert in place did not bring back the data of s1")
@@ -593,5 +598,51 @@ func TestSnapshotRevertRedefined(t *testing.T) {
 		if !strings.Contains(string(b), "<memory unit='KiB'>65536</memory>") {
 			t.Errorf("definition after revert does not have the snapshot's memory size:\n%s", b)
 		}
+	}
+}
+
+// TestSnapshotReattached: a guest a restarted daemon re-attached to takes
+// and deletes snapshots like one it started.
+func TestSnapshotReattached(t *testing.T) {
+	needQemuImg(t)
+	d := newDriver(t)
+	ctx := context.Background()
+	img := filepath.Join(d.inst.LibDir, "a.qcow2")
+	mkQcow(t, img)
+	d.Create("a")
+	if err := d.Define("a", []byte(qcowXML("a", img))); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Control(ctx, "a", "start"); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d2, err := New(Options{Instance: d.inst, Config: instance.DefaultConfig(instance.Embedded), Caps: d.caps, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		d2.Control(c, "a", "destroy")
+		d2.Close()
+	})
+	if !d2.Active("a") {
+		t.Fatal("not re-attached")
+	}
+	if err := d2.SnapshotCreate(ctx, "a", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if x, _ := d2.SnapshotXML("a", "s1"); !strings.Contains(string(x), "<memory snapshot='internal'/>") {
+		t.Errorf("s1:\n%s", x)
+	}
+	if err := d2.SnapshotControl(ctx, "a", "s1", "revert"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.SnapshotDelete(ctx, "a", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if l := imgSnapshots(t, img); strings.Contains(l, "s1") {
+		t.Errorf("s1 still in the image:\n%s", l)
 	}
 }
