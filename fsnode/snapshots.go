@@ -169,7 +169,7 @@ func (s *snapDir) OnAdd(ctx context.Context) {
 		ch := s.NewPersistentInode(ctx, &fileNode{root: r, domain: dom, perm: perm, open: open, size: size}, fs.StableAttr{Mode: syscall.S_IFREG})
 		s.AddChild(file, ch, true)
 	}
-	add("snapshot.xml", 0o444, snapshot(func(context.Context) ([]byte, error) { return d.SnapshotXML(dom, snap) }),
+	add("snapshot.xml", 0o440, snapshot(func(context.Context) ([]byte, error) { return d.SnapshotXML(dom, snap) }),
 		func() uint64 { b, _ := d.SnapshotXML(dom, snap); return uint64(len(b)) })
 	add("ctl", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 		return &snapCtlHandle{d: d, domain: dom, snap: snap}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil

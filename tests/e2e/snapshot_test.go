@@ -298,3 +298,40 @@ func TestSnapshots(t *testing.T) {
 		t.Errorf("undefine after the snapshots are gone: %v (error: %s)", err, m.ErrorOf("s"))
 	}
 }
+
+// TestSnapshotAccess: on a system mount, users outside admin_group may
+// list snapshots and read which is current, but not read their
+// definitions, take, revert or delete them.
+func TestSnapshotAccess(t *testing.T) {
+	t.Parallel()
+	needTestUser(t)
+	m := harness.Start(t, harness.Options{System: true})
+	m.Define("d", harness.GuestXML(t, "d", guest.ActionNone, ""))
+	if err := os.Mkdir(m.Path("d", "snapshots", "s1"), 0o755); err != nil {
+		t.Fatalf("root: mkdir snapshots/s1: %v (error: %s)", err, m.ErrorOf("d"))
+	}
+	for _, tt := range []struct {
+		what string
+		argv []string
+		want string // "" for success
+	}{
+		{"list", []string{"ls", m.Path("d", "snapshots")}, ""},
+		{"read current", []string{"cat", m.Path("d", "snapshots", "current")}, ""},
+		{"read snapshot.xml", []string{"cat", m.Path("d", "snapshots", "s1", "snapshot.xml")}, denied},
+		{"take", []string{"mkdir", m.Path("d", "snapshots", "s2")}, denied},
+		{"take from XML", []string{"bash", "-c", `echo '<domainsnapshot/>' > "$1"`, "-", m.Path("d", "snapshots", "create")}, denied},
+		{"revert", []string{"bash", "-c", `echo revert > "$1"`, "-", m.Path("d", "snapshots", "s1", "ctl")}, denied},
+		{"delete", []string{"rmdir", m.Path("d", "snapshots", "s1")}, denied},
+	} {
+		out, err := asTestUser(false, nil, tt.argv...)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: %v: %s", tt.what, err, out)
+		case tt.want != "" && (err == nil || !strings.Contains(out, tt.want)):
+			t.Errorf("%s: got %v %q, want %q", tt.what, err, strings.TrimSpace(out), tt.want)
+		}
+	}
+	if got := listDir(t, m.Path("d", "snapshots")); got != "create current s1" {
+		t.Errorf("snapshots after the refusals: %q", got)
+	}
+}
