@@ -446,6 +446,13 @@ func planSnapshot(def *domain.Domain, req *snapRequest, active bool) (string, []
 			anyExternal = true
 		}
 	}
+	// A disk's own <disk snapshot='...'> is its default, as in libvirt.
+	own := map[string]string{}
+	for _, e := range def.Root().FindElements("./devices/disk") {
+		if t := e.FindElement("./target"); t != nil {
+			own[t.SelectAttrValue("dev", "")] = e.SelectAttrValue("snapshot", "")
+		}
+	}
 	memory := req.Memory
 	if memory == "" {
 		memory = modeNo
@@ -465,6 +472,14 @@ func planSnapshot(def *domain.Domain, req *snapRequest, active bool) (string, []
 	for i, dk := range disks {
 		rd, asked := byDisk[i]
 		mode := rd.Snapshot
+		if mode == "" {
+			switch own[dk.Target] {
+			case modeNo, modeInternal, modeExternal:
+				mode = own[dk.Target]
+			case "manual":
+				return "", nil, fmt.Errorf("snapshot: disk %s has snapshot='manual', which is not supported; give it a mode in the snapshot XML", dk.Target)
+			}
+		}
 		hasMedia := dk.Source != "" && dk.Source != ":" && dk.Source != "/"
 		switch {
 		case !hasMedia:

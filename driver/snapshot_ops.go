@@ -770,11 +770,12 @@ func (d *Driver) SnapshotDelete(ctx context.Context, name, snap string) (err err
 	}
 	delete(s.byName, snap)
 	wasCurrent := s.current == snap
+	empty := len(s.byName) == 0
 	s.mu.Unlock()
 	if wasCurrent {
 		d.markCurrent(dm, s, sn.Parent)
 	}
-	if len(s.byName) == 0 {
+	if empty {
 		os.Remove(filepath.Join(d.snapDir(name), "current"))
 		os.Remove(d.snapDir(name))
 	}

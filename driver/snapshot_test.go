@@ -145,6 +145,12 @@ func TestPlanSnapshot(t *testing.T) {
 			}
 		})
 	}
+	// The domain's own <disk snapshot='no'> is the disk's default.
+	own := def.Clone()
+	own.Root().FindElement("./devices/disk[2]").CreateAttr("snapshot", "no")
+	if memory, plans, err := planSnapshot(own, &snapRequest{Name: "s"}, true); err != nil || memory != "internal" || plans[1].mode != "no" {
+		t.Errorf("with vdb snapshot='no' in the domain: %s %+v %v", memory, plans, err)
+	}
 	_, plans, _ := planSnapshot(def, &snapRequest{Name: "s1", Disks: []snapDisk{{Name: "vda", Snapshot: "external"}}}, false)
 	if plans[0].overlay != dir+"/a.s1" || plans[1].overlay != dir+"/b.s1" {
 		t.Errorf("default overlays %s, %s; want libvirt's names %s/a.s1, %s/b.s1", plans[0].overlay, plans[1].overlay, dir, dir)
