@@ -521,9 +521,6 @@ func (d *Driver) revert(ctx context.Context, dm *dom, snap, want string) error {
 	if sn == nil {
 		return errorf(ErrNotFound, "revert %s: no snapshot %q", name, snap)
 	}
-	if sn.external() {
-		return errorf(ErrInvalid, "revert %s: %s is an external snapshot; reverting to external snapshots is not supported (its images are the backing files of the disks now)", name, snap)
-	}
 	live, err := domain.Parse(sn.Domain)
 	if err != nil {
 		return errorf(ErrIO, "revert %s: the definition in snapshot %s: %w", name, snap, err)
@@ -536,6 +533,9 @@ func (d *Driver) revert(ctx context.Context, dm *dom, snap, want string) error {
 	}
 	if want == "" && sn.hasMemory() {
 		want = sn.State
+	}
+	if sn.external() {
+		return d.revertExternal(ctx, dm, s, sn, live, inactive, want)
 	}
 	dm.mu.Lock()
 	r := dm.run
@@ -596,6 +596,90 @@ func (d *Driver) revert(ctx context.Context, dm *dom, snap, want string) error {
 			return err
 		}
 	}
+	return d.settle(ctx, dm, r, want)
+}
+
+// revertExternal reverts to an external disk-only snapshot: what was
+// written since it was taken is in its overlays, so each overlay is made
+// anew, empty, over the image the snapshot was taken of, and the
+// definition points at it again. A snapshot with children is refused:
+// their state lives in those overlays (internal snapshots in them, or
+// overlays on top of them). A running guest is destroyed first, as for
+// any snapshot without memory.
+func (d *Driver) revertExternal(ctx context.Context, dm *dom, s *snapSet, sn *snapshot, live, inactive *domain.Domain, want string) error {
+	name := dm.name
+	s.mu.Lock()
+	kids := s.children(sn.Name)
+	s.mu.Unlock()
+	if len(kids) > 0 {
+		return errorf(ErrBusy, "revert %s: %s is an external snapshot and snapshots %s were taken on its overlays since; reverting would discard them: delete them first", name, sn.Name, strings.Join(kids, ", "))
+	}
+	sources := map[string]string{}
+	for _, dk := range live.Disks() {
+		sources[dk.Target] = dk.Source
+	}
+	var plans []diskPlan
+	for _, sd := range sn.Disks {
+		if sd.Snapshot != modeExternal {
+			continue
+		}
+		if sources[sd.Name] == "" || sd.Source == "" {
+			return errorf(ErrIO, "revert %s: snapshot %s: disk %s has no recorded image or overlay", name, sn.Name, sd.Name)
+		}
+		plans = append(plans, diskPlan{target: sd.Name, mode: modeExternal, source: sources[sd.Name], overlay: sd.Source})
+	}
+	dm.mu.Lock()
+	r := dm.run
+	dm.mu.Unlock()
+	if r != nil {
+		if err := d.destroy(ctx, dm, ReasonDestroyed); err != nil {
+			return err
+		}
+	}
+	// New overlays under temporary names, renamed over the old ones only
+	// when all were made: a failure leaves the disks as they were.
+	tmp := make([]diskPlan, len(plans))
+	for i, p := range plans {
+		tmp[i] = p
+		tmp[i].overlay = filepath.Join(filepath.Dir(p.overlay), ".qemufs-revert-"+filepath.Base(p.overlay))
+		os.Remove(tmp[i].overlay)
+	}
+	chains, err := createOverlays(ctx, tmp, true)
+	if err != nil {
+		return err
+	}
+	def := inactive.Clone()
+	for _, p := range plans {
+		if err := def.SetDiskSource(p.target, p.overlay, "qcow2", chains[p.target]); err != nil {
+			for _, t := range tmp {
+				os.Remove(t.overlay)
+			}
+			return errorf(ErrIO, "revert %s: %w", name, err)
+		}
+	}
+	for i, p := range plans {
+		if err := os.Rename(tmp[i].overlay, p.overlay); err != nil {
+			return errorf(ErrIO, "revert %s: disk %s: %w", name, p.target, err)
+		}
+	}
+	if err := d.restoreDefinition(dm, def); err != nil {
+		return err
+	}
+	d.markCurrent(dm, s, sn.Name)
+	if want == "" {
+		dm.setState(StateShutoff, ReasonFromSnapshot)
+		return nil
+	}
+	dm.mu.Lock()
+	start := dm.def
+	dm.mu.Unlock()
+	if err := d.start(ctx, dm, start, StartOptions{Paused: true}); err != nil {
+		dm.setState(StateShutoff, ReasonFailed)
+		return err
+	}
+	dm.mu.Lock()
+	r = dm.run
+	dm.mu.Unlock()
 	return d.settle(ctx, dm, r, want)
 }
 

@@ -345,14 +345,38 @@ func TestSnapshotOffline(t *testing.T) {
 	if info, err := imageInfo(ctx, over); err != nil || len(info) != 2 || info[1].Filename != img {
 		t.Errorf("overlay chain %+v, %v", info, err)
 	}
+	qemuIO(t, over, "write -P 0xee 0 64k")
 	if err := d.SnapshotCreate(ctx, "a", "after-e1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.SnapshotDelete(ctx, "a", "e1"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "after-e1") {
 		t.Errorf("delete of an external snapshot with a child: %v, want ErrBusy naming it", err)
 	}
-	if err := d.SnapshotControl(ctx, "a", "e1", "revert"); !errors.Is(err, ErrInvalid) {
-		t.Errorf("revert to an external snapshot: %v, want ErrInvalid", err)
+	if err := d.SnapshotControl(ctx, "a", "e1", "revert"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "after-e1") {
+		t.Errorf("revert to an external snapshot with a child: %v, want ErrBusy naming it", err)
+	}
+	if !hasPattern(t, over, 0xee) {
+		t.Error("a refused revert changed the overlay")
+	}
+	if err := d.SnapshotDelete(ctx, "a", "after-e1"); err != nil {
+		t.Fatal(err)
+	}
+	// Reverting to it drops what was written since: a new, empty overlay
+	// over the image it was taken of.
+	if err := d.SnapshotControl(ctx, "a", "e1", "revert"); err != nil {
+		t.Fatal(err)
+	}
+	if hasPattern(t, over, 0xee) || !hasPattern(t, over, 0xaa) {
+		t.Error("after reverting to e1 the overlay does not show the base's data")
+	}
+	if info, err := imageInfo(ctx, over); err != nil || len(info) != 2 || info[1].Filename != img {
+		t.Errorf("new overlay's chain %+v, %v; want it over %s", info, err, img)
+	}
+	if cfg2, _ := d.Config("a"); string(cfg2) != string(cfg) {
+		t.Errorf("definition after reverting to e1:\n%s\nwant\n%s", cfg2, cfg)
+	}
+	if st, _ := d.StateLine("a"); st != "shut off (from snapshot)" {
+		t.Errorf("state after reverting to e1 %q", st)
 	}
 
 	// A new Driver on the same instance finds them all again.
@@ -361,10 +385,10 @@ func TestSnapshotOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d2.Close()
-	if names, _ := d2.Snapshots("a"); strings.Join(names, " ") != "after-e1 e1 s2 s3" {
+	if names, _ := d2.Snapshots("a"); strings.Join(names, " ") != "e1 s2 s3" {
 		t.Errorf("snapshots after reload: %v", names)
 	}
-	if cur, _ := d2.SnapshotCurrent("a"); cur != "after-e1" {
+	if cur, _ := d2.SnapshotCurrent("a"); cur != "e1" {
 		t.Errorf("current after reload %q", cur)
 	}
 	x1, _ := d.SnapshotXML("a", "e1")
@@ -515,6 +539,20 @@ func TestSnapshotRunning(t *testing.T) {
 	argv, _ := d.LiveXML("a")
 	if !strings.Contains(string(argv), over) {
 		t.Errorf("restart does not use the overlay:\n%s", argv)
+	}
+	// Reverting the running guest to e1 restarts it on a new overlay:
+	// what it wrote since (0xdd) is gone.
+	pid, _ = d.Pid("a")
+	if err := d.SnapshotControl(ctx, "a", "e1", "revert --running"); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := d.Pid("a"); p == pid || p == 0 {
+		t.Errorf("pid %d after reverting to e1, was %d: want a new QEMU", p, pid)
+	}
+	state("running (from snapshot)")
+	destroy()
+	if hasPattern(t, over, 0xdd) || !hasPattern(t, over, 0xaa) {
+		t.Error("after reverting to e1 the overlay still holds what was written since")
 	}
 }
 

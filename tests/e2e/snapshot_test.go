@@ -229,7 +229,7 @@ func TestSnapshots(t *testing.T) {
 		{"numeric name", func() error { return os.Mkdir(filepath.Join(snaps, "42"), 0o755) }, syscall.EINVAL, "is a number"},
 		{"bad ctl", func() error { return m.Write("revert --sideways\n", "s", "snapshots", "s1", "ctl") }, syscall.EINVAL, "usage: revert"},
 		{"external with a child", func() error { return os.Remove(filepath.Join(snaps, "e1")) }, syscall.EBUSY, "off1"},
-		{"revert to external", func() error { return m.Write("revert\n", "s", "snapshots", "e1", "ctl") }, syscall.EINVAL, "external"},
+		{"revert to external with a child", func() error { return m.Write("revert\n", "s", "snapshots", "e1", "ctl") }, syscall.EBUSY, "off1"},
 		{"undefine with snapshots", func() error { return m.Remove("s") }, syscall.EBUSY, "snapshot"},
 	} {
 		err := tt.do()
@@ -275,9 +275,19 @@ func TestSnapshots(t *testing.T) {
 		t.Errorf("current after remount %q, want off1", cur)
 	}
 
-	// rmdir: off1 leaves the overlay's snapshot table, then e1 may go (its
-	// overlay stays the disk), then s1 leaves the base image.
-	for _, n := range []string{"off1", "e1", "s1"} {
+	// rmdir: off1 leaves the overlay's snapshot table; then reverting to
+	// e1 drops what was written on its overlay since (MARK-C), and e1 may
+	// go (its overlay stays the disk); s1 leaves the base image.
+	if err := os.Remove(filepath.Join(snaps, "off1")); err != nil {
+		t.Fatalf("rmdir snapshots/off1: %v (error: %s)", err, m.ErrorOf("s"))
+	}
+	if err := m.Write("revert\n", "s", "snapshots", "e1", "ctl"); err != nil {
+		t.Fatalf("revert e1: %v (error: %s)", err, m.ErrorOf("s"))
+	}
+	if got := diskHead(t, overlay, 6); got != "MARK-A" {
+		t.Errorf("overlay holds %q after reverting to e1, want the base's MARK-A", got)
+	}
+	for _, n := range []string{"e1", "s1"} {
 		if err := os.Remove(filepath.Join(snaps, n)); err != nil {
 			t.Fatalf("rmdir snapshots/%s: %v (error: %s)", n, err, m.ErrorOf("s"))
 		}
