@@ -578,10 +578,13 @@ func (d *Driver) revert(ctx context.Context, dm *dom, snap, want string) error {
 		dm.setState(StateShutoff, ReasonFromSnapshot)
 		return nil
 	}
-	// Start paused; a memory snapshot is loaded before the CPUs run.
-	start := live.WithoutRuntime()
-	if !sn.hasMemory() {
-		start = inactive
+	// Start paused; a memory snapshot is loaded before the CPUs run, into
+	// the configuration it was taken of: config.xml of then when that is
+	// what ran (it keeps what a run leaves out, static labels say), else
+	// what ran, without the run's detail.
+	start := inactive
+	if sn.hasMemory() && !domain.SameGuest(inactive, live) {
+		start = live.WithoutRuntime()
 	}
 	if err := d.start(ctx, dm, start, StartOptions{Paused: true}); err != nil {
 		dm.setState(StateShutoff, ReasonFailed)
