@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/qemufs/qemufs/tests/guest"
 	"github.com/qemufs/qemufs/tests/harness"
@@ -94,9 +95,11 @@ func TestSnapshots(t *testing.T) {
 	if got := listDir(t, snaps); got != "create current" {
 		t.Errorf("snapshots/ of a domain without snapshots: %q", got)
 	}
+	t0 := time.Now()
 	if err := os.Mkdir(filepath.Join(snaps, "s1"), 0o755); err != nil {
 		t.Fatalf("mkdir snapshots/s1: %v (error: %s)", err, m.ErrorOf("s"))
 	}
+	t.Logf("memory snapshot of the running guest took %v", time.Since(t0))
 	x := m.Read("s", "snapshots", "s1", "snapshot.xml")
 	for _, want := range []string{"<name>s1</name>", "<state>running</state>", "<memory snapshot='internal'/>",
 		"<disk name='vda' snapshot='internal'/>", "<domain type='qemu'>", "<creationTime>"} {
@@ -112,9 +115,11 @@ func TestSnapshots(t *testing.T) {
 	}
 	mark("W2", "MARK-B")
 	look("R1", "MARK-B")
+	t0 = time.Now()
 	if err := m.Write("revert\n", "s", "snapshots", "s1", "ctl"); err != nil {
 		t.Fatalf("revert: %v (error: %s)", err, m.ErrorOf("s"))
 	}
+	t.Logf("revert in place took %v", time.Since(t0))
 	if st := m.State("s"); st != "running (from snapshot)" && !strings.HasPrefix(st, "running") {
 		t.Errorf("state after revert %q", st)
 	}
