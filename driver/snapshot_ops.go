@@ -537,6 +537,9 @@ func (d *Driver) revert(ctx context.Context, dm *dom, snap, want string) error {
 	if sn.external() {
 		return d.revertExternal(ctx, dm, s, sn, live, inactive, want)
 	}
+	if err := s.checkNotBacking(sn, live); err != nil {
+		return errorf(ErrBusy, "revert %s: %w", name, err)
+	}
 	dm.mu.Lock()
 	r := dm.run
 	dm.mu.Unlock()
@@ -684,6 +687,41 @@ func (d *Driver) revertExternal(ctx context.Context, dm *dom, s *snapSet, sn *sn
 	r = dm.run
 	dm.mu.Unlock()
 	return d.settle(ctx, dm, r, want)
+}
+
+// checkNotBacking refuses to revert to an internal snapshot whose image
+// has since become the backing file of an external snapshot's overlay:
+// writing to it would corrupt what the overlay holds.
+func (s *snapSet) checkNotBacking(sn *snapshot, live *domain.Domain) error {
+	images := map[string]string{}
+	for _, dk := range live.Disks() {
+		if snapMode(sn, dk.Target) == modeInternal {
+			images[dk.Source] = dk.Target
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for n := range s.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		e := s.byName[n]
+		if !e.external() {
+			continue
+		}
+		def, err := domain.Parse(e.Domain)
+		if err != nil {
+			continue
+		}
+		for _, dk := range def.Disks() {
+			if t, ok := images[dk.Source]; ok && snapMode(e, dk.Target) == modeExternal {
+				return fmt.Errorf("disk %s's image %s is the backing file of the overlay of external snapshot %s; reverting would corrupt that overlay: delete %s first", t, dk.Source, n, n)
+			}
+		}
+	}
+	return nil
 }
 
 // snapMode is how the snapshot took the disk with target dev.

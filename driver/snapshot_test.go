@@ -345,6 +345,12 @@ func TestSnapshotOffline(t *testing.T) {
 	if info, err := imageInfo(ctx, over); err != nil || len(info) != 2 || info[1].Filename != img {
 		t.Errorf("overlay chain %+v, %v", info, err)
 	}
+	if err := d.SnapshotControl(ctx, "a", "s2", "revert"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "external snapshot e1") {
+		t.Errorf("revert to an internal snapshot of the overlay's backing file: %v, want ErrBusy naming e1", err)
+	}
+	if cfg2, _ := d.Config("a"); string(cfg2) != string(cfg) {
+		t.Error("a refused revert changed the definition")
+	}
 	qemuIO(t, over, "write -P 0xee 0 64k")
 	if err := d.SnapshotCreate(ctx, "a", "after-e1"); err != nil {
 		t.Fatal(err)
