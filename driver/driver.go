@@ -86,6 +86,7 @@ type dom struct {
 	removed   bool
 
 	events *stream.Log // lifecycle events; lives across runs
+	snaps  snapSet     // snapshots (snapshot.go), loaded on first use
 }
 
 // New returns a Driver for an instance: it loads the persistent definitions
@@ -324,7 +325,7 @@ func (d *Driver) uuidOwner(uuid, except string) string {
 }
 
 // Remove undefines name and removes its slot (rmdir). An active domain
-// cannot be removed.
+// cannot be removed; a UEFI guest's NVRAM is kept (undefine --keep-nvram).
 func (d *Driver) Remove(name string) (err error) {
 	dm, err := d.lookup(name)
 	if err != nil {
@@ -332,31 +333,16 @@ func (d *Driver) Remove(name string) (err error) {
 	}
 	dm.op.Lock()
 	defer dm.op.Unlock()
+	defer func() { dm.noteResult(err) }()
 	dm.mu.Lock()
-	active := dm.run != nil
-	def := dm.def
-	defined := def != nil
+	defined := dm.def != nil
 	dm.mu.Unlock()
-	if active {
-		err = errorf(ErrBusy, "undefine %s: the domain is active; destroy or shut it down first", name)
-		dm.noteResult(err)
-		return err
-	}
-	if err := d.checkUndefineSaved(dm); err != nil {
-		dm.noteResult(err)
-		return err
-	}
 	if defined {
-		for _, p := range []string{d.defPath(name), d.autostartPath(name)} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				err = errorf(ErrIO, "undefine %s: %w", name, err)
-				dm.noteResult(err)
-				return err
-			}
+		if err := d.undefineLocked(dm, false); err != nil {
+			return err
 		}
-		syncDir(d.inst.ConfigDir)
-		d.removeTPMState(name, def)
-		dm.publish(EventUndefined, "removed")
+	} else if err := d.checkUndefine(dm); err != nil {
+		return err
 	}
 	dm.mu.Lock()
 	dm.removed = true
@@ -365,6 +351,24 @@ func (d *Driver) Remove(name string) (err error) {
 	d.mu.Lock()
 	delete(d.doms, name)
 	d.mu.Unlock()
+	return nil
+}
+
+// checkUndefine refuses to undefine a domain that runs, has a managed
+// save image or has snapshots. The caller holds dm.op.
+func (d *Driver) checkUndefine(dm *dom) error {
+	dm.mu.Lock()
+	active := dm.run != nil
+	dm.mu.Unlock()
+	if active {
+		return errorf(ErrBusy, "undefine %s: the domain is active; destroy or shut it down first", dm.name)
+	}
+	if err := d.checkUndefineSaved(dm); err != nil {
+		return err
+	}
+	if n := d.snapshotCount(dm); n > 0 {
+		return errorf(ErrBusy, "undefine %s: the domain has %d snapshot(s); rmdir them under snapshots/ first", dm.name, n)
+	}
 	return nil
 }
 

@@ -113,14 +113,21 @@ func (d *Driver) undefine(dm *dom, removeNVRAM bool) (err error) {
 	dm.op.Lock()
 	defer dm.op.Unlock()
 	defer func() { dm.noteResult(err) }()
+	return d.undefineLocked(dm, removeNVRAM)
+}
+
+// undefineLocked removes a defined domain's definition, autostart mark and
+// emulated TPM state (unless persistent), and with removeNVRAM its UEFI
+// variable store. The caller holds dm.op.
+func (d *Driver) undefineLocked(dm *dom, removeNVRAM bool) error {
 	dm.mu.Lock()
-	def, active := dm.def, dm.run != nil
+	def := dm.def
 	dm.mu.Unlock()
-	switch {
-	case def == nil:
+	if def == nil {
 		return errorf(ErrInvalid, "undefine %s: the domain is not defined", dm.name)
-	case active:
-		return errorf(ErrBusy, "undefine %s: the domain is active; destroy or shut it down first", dm.name)
+	}
+	if err := d.checkUndefine(dm); err != nil {
+		return err
 	}
 	for _, p := range []string{d.defPath(dm.name), d.autostartPath(dm.name)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -128,6 +135,7 @@ func (d *Driver) undefine(dm *dom, removeNVRAM bool) (err error) {
 		}
 	}
 	syncDir(d.inst.ConfigDir)
+	d.removeTPMState(dm.name, def)
 	if removeNVRAM {
 		if nv, _ := def.NVRAMPath(d.nvramDir()); nv != "" {
 			if err := os.Remove(nv); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -77,6 +77,7 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		}
 		return newLineStream(rd), lineStreamFlags, nil
 	}, nil)
+	in.AddChild("snapshots", in.NewPersistentInode(ctx, &snapshotsDir{root: r, domain: name}, fs.StableAttr{Mode: syscall.S_IFDIR}), true)
 	mon := in.NewPersistentInode(ctx, &dirNode{root: r, perm: 0o550}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	in.AddChild("monitor", mon, true)
 	add(mon, "qmp", 0o660, dd.openMonitor(false), nil)
