@@ -34,6 +34,10 @@ type Host struct {
 	HVF bool
 	// KVM reports that the KVM device is present and can be opened.
 	KVM bool
+	// LaunchSecurity is what the host offers confidential guests (SEV,
+	// SEV-ES, SEV-SNP, TDX, s390 PV, SGX), with the reason for each it
+	// lacks.
+	LaunchSecurity LaunchSecurityHost
 }
 
 // HostCPU is the host processor as libvirt reports it.
@@ -146,6 +150,15 @@ type Emulator struct {
 	Firmware []Firmware
 	// Cached is true when these facts came from the cache, not a new probe.
 	Cached bool
+
+	// SEV is the answer to query-sev-capabilities, nil when QEMU could not
+	// give one (SEVError says why: no SEV in KVM, no KVM, an old QEMU).
+	SEV      *SEVCapability
+	SEVError string
+	// SGX is the answer to query-sgx-capabilities, nil when none
+	// (SGXError says why).
+	SGX      *SGXCapability
+	SGXError string
 }
 
 // Machine is one machine type of an emulator.
