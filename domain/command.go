@@ -338,7 +338,7 @@ func BuildCommand(d *Domain, opts CommandOptions) (*Command, error) {
 		b.controllers, b.disks, b.filesystems, b.nets, b.smartcards, b.chardevs,
 		b.tpm, b.inputs, b.audios, b.graphics, b.videos, b.sounds, b.watchdog,
 		b.redirdevs, b.hostdevs, b.memballoon, b.rngs, b.panic, b.shmems,
-		b.memoryDevices, b.iommu, b.vsock, b.tail,
+		b.memoryDevices, b.iommu, b.vsock, b.launchSecurity, b.tail,
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {

@@ -510,6 +510,11 @@ func (d *Domain) Validate(caps *capabilities.Capabilities) error {
 	if err != nil {
 		return &Error{Path: "os/type", Msg: err.Error(), Err: ErrUnsupported}
 	}
+	// A confidential guest this host cannot protect is refused at define,
+	// as libvirt's validation does (qemuValidateDomainDef), not only at start.
+	if err := d.CheckLaunchSecurity(&caps.Host, e); err != nil {
+		return err
+	}
 	// Device models the emulator lacks: generate the command line for
 	// this emulator and check every -device and -object type. Errors
 	// about what only this host lacks (host networking, ...) are left for
