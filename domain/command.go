@@ -386,6 +386,7 @@ func (b *builder) tail() error {
 		b.add("-compat", "deprecated-input=crash,deprecated-output=hide")
 	}
 	b.add(b.opts.ExtraArgs...)
+	b.pstores() // after the sandbox, where libvirt puts it
 	b.add("-msg", "timestamp=on")
 	b.add(b.d.QEMUArgs()...)
 	return nil

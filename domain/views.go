@@ -333,6 +333,9 @@ func (d *Domain) HostPaths() []HostPath {
 		src := child(f, "source")
 		add(attr(src, "dir")+attr(src, "file")+attr(src, "dev"), child(f, "readonly") != nil, "filesystem")
 	}
+	for _, p := range d.PstorePaths() {
+		add(p, false, "pstore")
+	}
 	for _, r := range children(devs, "rng") {
 		if b := child(r, "backend"); attr(b, "model") == "random" {
 			add(strings.TrimSpace(b.Text()), true, "rng")
