@@ -76,7 +76,9 @@ func (b *builder) machine() error {
 			}
 		}
 	}
+	accel += b.dirtyRing()
 	b.add("-accel", accel)
+	b.add(b.tsegGlobal()...)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package corpus_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
@@ -126,5 +127,82 @@ func TestCorpusLaunchSecurity(t *testing.T) {
 	}
 	if n < 3 {
 		t.Fatalf("only %d launch-security cases in the corpus (libvirt 9.0 has 3)", n)
+	}
+}
+
+// TestCorpusNoSilentDrop covers the elements the audit found accepted and
+// then not acted on: those now built are checked against libvirt's
+// expected argv (the fragment is in libvirt's .args and in ours), those
+// refused are refused with the element named.
+func TestCorpusNoSilentDrop(t *testing.T) {
+	loadCases(t) // skips without the corpus
+	built := []struct{ name, fragment string }{
+		{"vmcoreinfo", "vmcoreinfo"},
+		{"pcihole64", "i440FX-pcihost.pci-hole64-size=1048576K"},
+		{"pcihole64-q35", "q35-pcihost.pci-hole64-size=1048576K"},
+		{"tseg-explicit-size", "mch.extended-tseg-mbytes=48"},
+		{"disk-geometry", `"cyls":16383,"heads":16,"secs":63,"bios-chs-trans":"lba"`},
+		{"video-qxl-resolution", "xres"},
+		{"kvm-features", "kvm,dirty-ring-size=4096"},
+		{"iothreads-ids-pool-sizes", `{"qom-type":"main-loop","id":"main-loop","thread-pool-min":8,"thread-pool-max":16}`},
+		{"disk-metadata-cache", `"driver":"qcow2","cache-size":12345,`},
+		{"disk-metadata-cache", `"driver":"qcow2","cache-size":1048576,`},
+		{"usb-redir-filter-version", "0x08:0x15E1:0x2007:0x0109:1|0x08:0x15E1:0x2007:0x0940:1|-1:-1:-1:-1:0"},
+		{"usb-redir-filter", "0x08:0x15E1:0x2007:0x0110:1|-1:-1:-1:-1:0"},
+	}
+	manifest := map[string]string{}
+	for _, c := range loadCases(t) {
+		manifest[c.name] = c.expected
+	}
+	build := func(name string) (*domain.Command, error) {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(corpusDir, name+".xml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := domain.Parse(data)
+		if err != nil {
+			t.Fatalf("%s: Parse: %v", name, err)
+		}
+		return domain.BuildCommand(d, domain.CommandOptions{QMPSocket: "/run/q.qmp", DomainDir: "/run/d"})
+	}
+	for _, tc := range built {
+		t.Run(tc.name, func(t *testing.T) {
+			exp, err := os.ReadFile(filepath.Join(corpusDir, manifest[tc.name]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(strings.Join(shellSplit(string(exp)), " "), tc.fragment) {
+				t.Fatalf("libvirt's argv lacks %q (test table wrong)", tc.fragment)
+			}
+			cmd, err := build(tc.name)
+			if err != nil {
+				t.Fatalf("BuildCommand: %v", err)
+			}
+			if got := strings.Join(cmd.Args, " "); !strings.Contains(got, tc.fragment) {
+				t.Errorf("argv lacks libvirt's %q:\n%s", tc.fragment, got)
+			}
+		})
+	}
+	refused := []struct{ name, element string }{
+		{"cpu-hotplug-startup", "<vcpus>"},
+		{"cputune", "<iothread_period>"},
+		{"disk-transient", "<transient>"},
+		{"memory-hotplug-dimm", "<pagesize>"},
+		{"memory-hotplug-nvdimm-pmem", "<pmem>"},
+		{"numatune-hmat", "<interconnects>"},
+		{"net-virtio-teaming", "<teaming>"},
+		{"disk-network-http", "<cookies>"},
+		{"disk-network-source-auth", "<auth>"},
+		{"hugepages-default-2M", "<page>"},
+	}
+	for _, tc := range refused {
+		t.Run("refuse "+tc.name, func(t *testing.T) {
+			_, err := build(tc.name)
+			var de *domain.Error
+			if err == nil || !errors.As(err, &de) || !errors.Is(err, domain.ErrUnsupported) || !strings.Contains(err.Error(), tc.element+" is not supported") {
+				t.Fatalf("BuildCommand: %v, want an unsupported error naming %s", err, tc.element)
+			}
+		})
 	}
 }

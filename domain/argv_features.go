@@ -1,0 +1,238 @@
+package domain
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/beevik/etree"
+)
+
+// Elements that qemufs used to accept and then not act on (found by
+// walking libvirt's corpus for elements whose argv effect was absent; see
+// docs/launch-security.md, "Never a silent drop"). Each is now built as
+// libvirt builds it, or refused with the element named.
+
+// tsegGlobal is <features><smm><tseg>: q35's extended TSEG size.
+func (b *builder) tsegGlobal() []string {
+	t := child(b.feature("smm"), "tseg")
+	if t == nil {
+		return nil
+	}
+	kib, err := memoryKiBUnit(t, "MiB")
+	if err != nil {
+		return nil
+	}
+	return []string{"-global", fmt.Sprintf("mch.extended-tseg-mbytes=%d", kib/1024)}
+}
+
+// memoryKiBUnit is memoryKiB with another default unit.
+func memoryKiBUnit(e *etree.Element, unit string) (uint64, error) {
+	if !hasAttr(e, "unit") {
+		x := e.Copy()
+		x.CreateAttr("unit", unit)
+		return memoryKiB(x)
+	}
+	return memoryKiB(e)
+}
+
+// dirtyRing is <features><kvm><dirty-ring state='on' size='N'/>: the
+// KVM accelerator's dirty ring, for migration.
+func (b *builder) dirtyRing() string {
+	r := child(b.feature("kvm"), "dirty-ring")
+	if r == nil || attr(r, "state") != "on" || b.accel() != "kvm" {
+		return ""
+	}
+	return ",dirty-ring-size=" + attrOr(r, "size", "4096")
+}
+
+// pciHole64 is <controller type='pci' model='pci-root|pcie-root'>
+// <pcihole64>: the size of the 64-bit PCI hole of the host bridge.
+func (b *builder) pciHole64() error {
+	for _, c := range children(b.devs, "controller") {
+		h := child(c, "pcihole64")
+		if attr(c, "type") != "pci" || h == nil {
+			continue
+		}
+		kib, err := memoryKiBUnit(h, "KiB")
+		if err != nil {
+			return errAt(h, "%v", err)
+		}
+		host := "i440FX-pcihost"
+		switch attr(c, "model") {
+		case "pcie-root":
+			host = "q35-pcihost"
+		case "pci-root":
+		default:
+			return errAt(h, "<pcihole64> is only for the root controller (pci-root or pcie-root)")
+		}
+		b.add("-global", fmt.Sprintf("%s.pci-hole64-size=%dK", host, kib))
+	}
+	return nil
+}
+
+// vmcoreinfo is <features><vmcoreinfo state='on'/>: the device through
+// which the guest kernel tells a dump where its core information is.
+func (b *builder) vmcoreinfo() error {
+	if f := b.feature("vmcoreinfo"); f != nil && attrOr(f, "state", "on") == "on" {
+		b.device(obj("driver", "vmcoreinfo"))
+	}
+	return nil
+}
+
+// diskGeometry adds <geometry cyls heads secs trans> to a disk's device.
+func diskGeometry(o *jobj, disk *etree.Element, bus string) {
+	g := child(disk, "geometry")
+	if g == nil {
+		return
+	}
+	for _, k := range []string{"cyls", "heads", "secs"} {
+		if v := attr(g, k); v != "" {
+			n, _ := strconv.Atoi(v)
+			o.add(k, n)
+		}
+	}
+	if t := attr(g, "trans"); t != "" && bus == "ide" {
+		o.add("bios-chs-trans", t)
+	}
+}
+
+// videoResolution adds <model><resolution x y/> to a video device.
+func videoResolution(o *jobj, model *etree.Element) {
+	if r := child(model, "resolution"); r != nil {
+		o.add("xres", int(mustUint(attr(r, "x"))))
+		o.add("yres", int(mustUint(attr(r, "y"))))
+	}
+}
+
+// silentDrops lists elements the domain model accepts but qemufs cannot
+// act on; BuildCommand refuses a definition that has one, naming it,
+// rather than start a guest without what it asked for. Each entry is the
+// element path from <domain> and the reason.
+var silentDrops = []struct {
+	path []string
+	why  string
+}{
+	{[]string{"devices", "disk", "auth"}, "disk authentication needs a secret, which qemufs cannot pass to QEMU yet"},
+	{[]string{"devices", "disk", "source", "auth"}, "disk authentication needs a secret, which qemufs cannot pass to QEMU yet"},
+	{[]string{"devices", "disk", "source", "cookies"}, "HTTP cookies for network disks are not supported"},
+	{[]string{"devices", "disk", "source", "ssl"}, "TLS verification settings for network disks are not supported"},
+	{[]string{"devices", "disk", "source", "readahead"}, "readahead for network disks is not supported"},
+	{[]string{"devices", "disk", "source", "reservations"}, "persistent reservations (pr-manager) are not supported"},
+	{[]string{"devices", "disk", "source", "initiator"}, "iSCSI initiator names are not supported"},
+	{[]string{"devices", "disk", "source", "identity"}, "NFS user/group identities are not supported"},
+	{[]string{"devices", "disk", "source", "slices"}, "storage slices (offset/size of an image in a file) are not supported"},
+	{[]string{"devices", "disk", "source", "config"}, "RBD configuration files are not supported"},
+	{[]string{"devices", "disk", "source", "snapshot"}, "RBD snapshots as disk sources are not supported"},
+	{[]string{"devices", "disk", "transient"}, "transient disks (a throw-away overlay per run) are not supported"},
+	{[]string{"devices", "interface", "bandwidth"}, "interface bandwidth limits need host traffic control, which qemufs does not manage"},
+	{[]string{"devices", "interface", "vlan"}, "VLAN tags need host networking, which qemufs does not manage"},
+	{[]string{"devices", "interface", "virtualport"}, "virtual ports (Open vSwitch, 802.1Qbh) need host networking, which qemufs does not manage"},
+	{[]string{"devices", "interface", "teaming"}, "failover teaming of interfaces is not supported"},
+	{[]string{"devices", "hostdev", "teaming"}, "failover teaming of interfaces is not supported"},
+	{[]string{"devices", "interface", "source", "route"}, "host routes for ethernet interfaces need host networking, which qemufs does not manage"},
+	{[]string{"devices", "memory", "source", "pagesize"}, "huge pages for memory devices are not supported"},
+	{[]string{"devices", "memory", "source", "nodemask"}, "host NUMA binding of memory devices is not supported"},
+	{[]string{"devices", "memory", "source", "alignsize"}, "memory device alignment is not supported"},
+	{[]string{"devices", "memory", "source", "pmem"}, "persistent-memory backing (pmem) of NVDIMMs is not supported"},
+	{[]string{"memoryBacking", "hugepages", "page"}, "explicit huge page sizes and node sets are not supported (<hugepages/> alone uses the default size)"},
+	{[]string{"cpu", "numa", "interconnects"}, "NUMA interconnect latencies and bandwidths (ACPI HMAT) are not supported"},
+	{[]string{"cpu", "numa", "cell", "cache"}, "NUMA memory-side caches (ACPI HMAT) are not supported"},
+	{[]string{"vcpus"}, "per-vCPU hot-plug settings (<vcpus>) are not supported"},
+	{[]string{"cputune", "iothread_period"}, "iothread CPU bandwidth (cgroups per iothread) is not supported"},
+	{[]string{"cputune", "iothread_quota"}, "iothread CPU bandwidth (cgroups per iothread) is not supported"},
+}
+
+// refuseSilentDrops returns the first element of silentDrops the
+// definition has, as an error naming it.
+func (b *builder) refuseSilentDrops() error {
+	var walk func(e *etree.Element, path []string) *etree.Element
+	walk = func(e *etree.Element, path []string) *etree.Element {
+		if len(path) == 0 {
+			return e
+		}
+		for _, c := range children(e, path[0]) {
+			if f := walk(c, path[1:]); f != nil {
+				return f
+			}
+		}
+		return nil
+	}
+	for _, s := range silentDrops {
+		if e := walk(b.d.root, s.path); e != nil {
+			return unsupportedAt(e, "<%s> is not supported: %s; remove it (qemufs would otherwise start the guest without it)", strings.Join(s.path[len(s.path)-1:], ""), s.why)
+		}
+	}
+	return nil
+}
+
+// defaultIOThread is <defaultiothread thread_pool_min thread_pool_max>:
+// the main loop's worker pool (QEMU 7.1's main-loop object).
+func (b *builder) defaultIOThread() error {
+	e := child(b.d.root, "defaultiothread")
+	if e == nil || (!hasAttr(e, "thread_pool_min") && !hasAttr(e, "thread_pool_max")) {
+		return nil
+	}
+	if !b.t.atLeast(7, 1) {
+		return unsupportedAt(e, "thread pool sizes need QEMU 7.1 or later (the main-loop object)")
+	}
+	o := obj("qom-type", "main-loop", "id", "main-loop")
+	for _, k := range []string{"thread_pool_min", "thread_pool_max"} {
+		if v := attr(e, k); v != "" {
+			o.add(strings.ReplaceAll(k, "_", "-"), mustUint(v))
+		}
+	}
+	b.object(o)
+	return nil
+}
+
+// metadataCacheBytes returns <metadata_cache><max_size> of a disk's
+// <driver> (top layer) or a backing store's <format>, in bytes.
+func metadataCacheBytes(layer *etree.Element, top bool) (uint64, bool) {
+	holder := child(layer, "format")
+	if top {
+		holder = child(layer, "driver")
+	}
+	ms := child(child(holder, "metadata_cache"), "max_size")
+	if ms == nil {
+		return 0, false
+	}
+	n, err := scaled(ms.Text(), attr(ms, "unit"), "bytes")
+	return n, err == nil
+}
+
+// usbRedirFilter renders <redirfilter> as usb-redir's filter property:
+// class:vendor:product:version:allow rules joined by '|', -1 for any.
+func (b *builder) usbRedirFilter() string {
+	f := child(b.devs, "redirfilter")
+	if f == nil {
+		return ""
+	}
+	var rules []string
+	for _, u := range children(f, "usbdev") {
+		field := func(k, format string) string {
+			v := attr(u, k)
+			if v == "" || v == "-1" {
+				return "-1"
+			}
+			return fmt.Sprintf(format, mustUint(v))
+		}
+		version := "-1"
+		if v := attr(u, "version"); v != "" && v != "-1" {
+			major, minor, _ := strings.Cut(v, ".")
+			if len(minor) == 1 {
+				minor += "0"
+			}
+			maj, _ := strconv.ParseUint(major, 16, 8)
+			mnr, _ := strconv.ParseUint(minor, 16, 8)
+			version = fmt.Sprintf("0x%04X", maj<<8|mnr)
+		}
+		allow := "0"
+		if attr(u, "allow") == "yes" {
+			allow = "1"
+		}
+		rules = append(rules, strings.Join([]string{field("class", "0x%02X"), field("vendor", "0x%04X"),
+			field("product", "0x%04X"), version, allow}, ":"))
+	}
+	return strings.Join(rules, "|")
+}
