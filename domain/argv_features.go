@@ -112,35 +112,37 @@ func videoResolution(o *jobj, model *etree.Element) {
 var silentDrops = []struct {
 	path []string
 	why  string
+	// allowed, when set, accepts the element in the cases qemufs honours.
+	allowed func(e *etree.Element) bool
 }{
-	{[]string{"devices", "disk", "auth"}, "disk authentication needs a secret, which qemufs cannot pass to QEMU yet"},
-	{[]string{"devices", "disk", "source", "auth"}, "disk authentication needs a secret, which qemufs cannot pass to QEMU yet"},
-	{[]string{"devices", "disk", "source", "cookies"}, "HTTP cookies for network disks are not supported"},
-	{[]string{"devices", "disk", "source", "ssl"}, "TLS verification settings for network disks are not supported"},
-	{[]string{"devices", "disk", "source", "readahead"}, "readahead for network disks is not supported"},
-	{[]string{"devices", "disk", "source", "reservations"}, "persistent reservations (pr-manager) are not supported"},
-	{[]string{"devices", "disk", "source", "initiator"}, "iSCSI initiator names are not supported"},
-	{[]string{"devices", "disk", "source", "identity"}, "NFS user/group identities are not supported"},
-	{[]string{"devices", "disk", "source", "slices"}, "storage slices (offset/size of an image in a file) are not supported"},
-	{[]string{"devices", "disk", "source", "config"}, "RBD configuration files are not supported"},
-	{[]string{"devices", "disk", "source", "snapshot"}, "RBD snapshots as disk sources are not supported"},
-	{[]string{"devices", "disk", "transient"}, "transient disks (a throw-away overlay per run) are not supported"},
-	{[]string{"devices", "interface", "bandwidth"}, "interface bandwidth limits need host traffic control, which qemufs does not manage"},
-	{[]string{"devices", "interface", "vlan"}, "VLAN tags need host networking, which qemufs does not manage"},
-	{[]string{"devices", "interface", "virtualport"}, "virtual ports (Open vSwitch, 802.1Qbh) need host networking, which qemufs does not manage"},
-	{[]string{"devices", "interface", "teaming"}, "failover teaming of interfaces is not supported"},
-	{[]string{"devices", "hostdev", "teaming"}, "failover teaming of interfaces is not supported"},
-	{[]string{"devices", "interface", "source", "route"}, "host routes for ethernet interfaces need host networking, which qemufs does not manage"},
-	{[]string{"devices", "memory", "source", "pagesize"}, "huge pages for memory devices are not supported"},
-	{[]string{"devices", "memory", "source", "nodemask"}, "host NUMA binding of memory devices is not supported"},
-	{[]string{"devices", "memory", "source", "alignsize"}, "memory device alignment is not supported"},
-	{[]string{"devices", "memory", "source", "pmem"}, "persistent-memory backing (pmem) of NVDIMMs is not supported"},
-	{[]string{"memoryBacking", "hugepages", "page"}, "explicit huge page sizes and node sets are not supported (<hugepages/> alone uses the default size)"},
-	{[]string{"cpu", "numa", "interconnects"}, "NUMA interconnect latencies and bandwidths (ACPI HMAT) are not supported"},
-	{[]string{"cpu", "numa", "cell", "cache"}, "NUMA memory-side caches (ACPI HMAT) are not supported"},
-	{[]string{"vcpus"}, "per-vCPU hot-plug settings (<vcpus>) are not supported"},
-	{[]string{"cputune", "iothread_period"}, "iothread CPU bandwidth (cgroups per iothread) is not supported"},
-	{[]string{"cputune", "iothread_quota"}, "iothread CPU bandwidth (cgroups per iothread) is not supported"},
+	{path: []string{"devices", "disk", "auth"}, why: "disk authentication needs a secret, which qemufs cannot pass to QEMU yet"},
+	{path: []string{"devices", "disk", "source", "auth"}, why: "disk authentication needs a secret, which qemufs cannot pass to QEMU yet"},
+	{path: []string{"devices", "disk", "source", "cookies"}, why: "HTTP cookies for network disks are not supported"},
+	{path: []string{"devices", "disk", "source", "ssl"}, why: "TLS verification settings for network disks are not supported"},
+	{path: []string{"devices", "disk", "source", "readahead"}, why: "readahead for network disks is not supported"},
+	{path: []string{"devices", "disk", "source", "reservations"}, why: "persistent reservations (pr-manager) are not supported"},
+	{path: []string{"devices", "disk", "source", "initiator"}, why: "iSCSI initiator names are not supported"},
+	{path: []string{"devices", "disk", "source", "identity"}, why: "NFS user/group identities are not supported"},
+	{path: []string{"devices", "disk", "source", "slices"}, why: "storage slices (offset/size of an image in a file) are not supported"},
+	{path: []string{"devices", "disk", "source", "config"}, why: "RBD configuration files are not supported"},
+	{path: []string{"devices", "disk", "source", "snapshot"}, why: "RBD snapshots as disk sources are not supported"},
+	{path: []string{"devices", "disk", "transient"}, why: "transient disks (a throw-away overlay per run) are not supported"},
+	{path: []string{"devices", "interface", "bandwidth"}, why: "interface bandwidth limits need host traffic control, which qemufs does not manage"},
+	{path: []string{"devices", "interface", "vlan"}, why: "VLAN tags need host networking, which qemufs does not manage"},
+	{path: []string{"devices", "interface", "virtualport"}, why: "virtual ports (Open vSwitch, 802.1Qbh) need host networking, which qemufs does not manage"},
+	{path: []string{"devices", "interface", "teaming"}, why: "failover teaming of interfaces is not supported"},
+	{path: []string{"devices", "hostdev", "teaming"}, why: "failover teaming of interfaces is not supported"},
+	{path: []string{"devices", "interface", "source", "route"}, why: "host routes for ethernet interfaces need host networking, which qemufs does not manage"},
+	{path: []string{"devices", "memory", "source", "pagesize"}, why: "huge pages for memory devices are not supported"},
+	{path: []string{"devices", "memory", "source", "nodemask"}, why: "host NUMA binding of memory devices is not supported"},
+	{path: []string{"devices", "memory", "source", "alignsize"}, why: "memory device alignment is not supported"},
+	{path: []string{"devices", "memory", "source", "pmem"}, why: "persistent-memory backing (pmem) of NVDIMMs is not supported"},
+	{path: []string{"memoryBacking", "hugepages", "page"}, why: "only 2 MiB pages for all of the guest's memory are supported (/dev/hugepages): other sizes and node sets are not", allowed: defaultHugePage},
+	{path: []string{"cpu", "numa", "interconnects"}, why: "NUMA interconnect latencies and bandwidths (ACPI HMAT) are not supported"},
+	{path: []string{"cpu", "numa", "cell", "cache"}, why: "NUMA memory-side caches (ACPI HMAT) are not supported"},
+	{path: []string{"vcpus"}, why: "per-vCPU hot-plug settings (<vcpus>) are not supported"},
+	{path: []string{"cputune", "iothread_period"}, why: "iothread CPU bandwidth (cgroups per iothread) is not supported"},
+	{path: []string{"cputune", "iothread_quota"}, why: "iothread CPU bandwidth (cgroups per iothread) is not supported"},
 }
 
 // refuseSilentDrops returns the first element of silentDrops the
@@ -159,7 +161,7 @@ func (b *builder) refuseSilentDrops() error {
 		return nil
 	}
 	for _, s := range silentDrops {
-		if e := walk(b.d.root, s.path); e != nil {
+		if e := walk(b.d.root, s.path); e != nil && (s.allowed == nil || !s.allowed(e)) {
 			return unsupportedAt(e, "<%s> is not supported: %s; remove it (qemufs would otherwise start the guest without it)", strings.Join(s.path[len(s.path)-1:], ""), s.why)
 		}
 	}
@@ -235,4 +237,15 @@ func (b *builder) usbRedirFilter() string {
 			field("product", "0x%04X"), version, allow}, ":"))
 	}
 	return strings.Join(rules, "|")
+}
+
+// defaultHugePage accepts a <hugepages><page> that asks for what qemufs
+// gives: 2 MiB pages (x86's default hugetlbfs size, /dev/hugepages) for
+// all of the guest's memory.
+func defaultHugePage(page *etree.Element) bool {
+	if hasAttr(page, "nodeset") || len(children(page.Parent(), "page")) != 1 {
+		return false
+	}
+	n, err := scaled(attr(page, "size"), attr(page, "unit"), "KiB")
+	return err == nil && n == 2<<20
 }
