@@ -136,3 +136,24 @@ func TestDomainCapsLaunchSecurity(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheLaunchSecurity: QEMU's SEV and SGX answers survive the cache,
+// and an entry made under other host launch-security parameters is not
+// used (the key differs), so loading kvm_amd with sev=1 re-probes.
+func TestCacheLaunchSecurity(t *testing.T) {
+	dir := t.TempDir()
+	key := cacheKey{Format: cacheFormat, Path: "/usr/bin/qemu-system-x86_64", Size: 1, MtimeNs: 2, CtimeNs: 3, Qemufs: "t", LaunchSec: ""}
+	e := &Emulator{Path: key.Path, Arch: "x86_64", Version: "9.2.0", VersionNum: 9002000,
+		SEV: &SEVCapability{CBitPos: 51, ReducedPhysBits: 1, PDH: "pdh"}, SGXError: "query-sgx-capabilities: SGX is not enabled in KVM"}
+	if err := storeCache(dir, key, e); err != nil {
+		t.Fatal(err)
+	}
+	got := loadCache(dir, key)
+	if got == nil || got.SEV == nil || *got.SEV != *e.SEV || got.SGX != nil || got.SGXError != e.SGXError {
+		t.Fatalf("cached: %+v", got)
+	}
+	key.LaunchSec = "sev,sev-es"
+	if loadCache(dir, key) != nil {
+		t.Error("an entry probed without SEV was used on a host with SEV")
+	}
+}
