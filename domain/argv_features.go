@@ -145,6 +145,12 @@ var silentDrops = []struct {
 	{path: []string{"cputune", "iothread_quota"}, why: "iothread CPU bandwidth (cgroups per iothread) is not supported"},
 }
 
+// ErrNotHonoured is wrapped by errors about elements qemufs would have to
+// ignore (see silentDrops). It matches ErrUnsupported; unlike other
+// unsupported features, which depend on the host and wait for the start,
+// such a definition is refused at define too.
+var ErrNotHonoured = fmt.Errorf("%w: element not honoured", ErrUnsupported)
+
 // refuseSilentDrops returns the first element of silentDrops the
 // definition has, as an error naming it.
 func (b *builder) refuseSilentDrops() error {
@@ -162,7 +168,8 @@ func (b *builder) refuseSilentDrops() error {
 	}
 	for _, s := range silentDrops {
 		if e := walk(b.d.root, s.path); e != nil && (s.allowed == nil || !s.allowed(e)) {
-			return unsupportedAt(e, "<%s> is not supported: %s; remove it (qemufs would otherwise start the guest without it)", strings.Join(s.path[len(s.path)-1:], ""), s.why)
+			return &Error{Path: pathOf(e), Err: ErrNotHonoured,
+				Msg: fmt.Sprintf("<%s> is not supported: %s; remove it (qemufs would otherwise start the guest without it)", e.Tag, s.why)}
 		}
 	}
 	return nil

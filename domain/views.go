@@ -525,7 +525,7 @@ func (d *Domain) Validate(caps *capabilities.Capabilities) error {
 	// errors.
 	cmd, err := BuildCommand(d, CommandOptions{Emulator: e, DomainDir: "/run/qemufs-validate"})
 	if err != nil {
-		if errors.Is(err, ErrUnsupported) {
+		if errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrNotHonoured) {
 			return nil
 		}
 		return err

@@ -252,3 +252,26 @@ func TestPstoreGuest(t *testing.T) {
 		t.Errorf("backing file after the guest stopped: %v, want its owner back (root)", o)
 	}
 }
+
+// TestNotHonouredRefused: an element qemufs accepts in the schema but
+// cannot act on is refused at define with EINVAL naming it, instead of
+// a guest started without it.
+func TestNotHonouredRefused(t *testing.T) {
+	t.Parallel()
+	m := harness.Start(t, harness.Options{})
+	if err := os.Mkdir(m.Path("v"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	x := harness.GuestXML(t, "v", guest.ActionNone, "")
+	x = strings.Replace(x, "<vcpu>1</vcpu>", "<vcpu>1</vcpu>\n  <vcpus><vcpu id='0' enabled='yes' hotpluggable='no'/></vcpus>", 1)
+	err := m.Write(x, "v", "config.xml")
+	if !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("define: %v, want EINVAL (error: %s)", err, m.ErrorOf("v"))
+	}
+	if msg := m.ErrorOf("v"); !strings.Contains(msg, "<vcpus> is not supported") {
+		t.Errorf("error %q does not name <vcpus>", msg)
+	}
+	if st := m.State("v"); st != "undefined" {
+		t.Errorf("state %q after the refusal", st)
+	}
+}
