@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // LaunchSecurityHost is what the host kernel offers confidential guests
@@ -222,4 +224,52 @@ func tdxXML(h *Host, e *Emulator, virt string) *node {
 // s390PVXML is the <s390-pv> element of domcapabilities' <features>.
 func s390PVXML(h *Host, e *Emulator, virt string) *node {
 	return el("s390-pv", "supported", yesNo(virt == "kvm" && h.LaunchSecurity.S390PV && e.Devices["s390-pv-guest"]))
+}
+
+// KVM VM types (KVM_CAP_VM_TYPES bits, linux/kvm.h for x86).
+const (
+	kvmCapVMTypes = 235
+	kvmCheckExt   = 0xAE03 // _IO(KVMIO, 0x03)
+	vmTypeSNP     = 4      // KVM_X86_SNP_VM
+	vmTypeTDX     = 5      // KVM_X86_TDX_VM
+)
+
+// kvmVMTypes asks the KVM device which VM types it can create
+// (KVM_CHECK_EXTENSION(KVM_CAP_VM_TYPES)); 0 when the kernel does not say
+// (no device, or a kernel before 6.10 that has no such capability).
+func kvmVMTypes(dev string) uint64 {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), kvmCheckExt, kvmCapVMTypes)
+	if errno != 0 || int64(r) < 0 {
+		return 0
+	}
+	return uint64(r)
+}
+
+// applyVMTypes refines the sysfs answers with KVM's own list of VM types,
+// when the kernel gives one: SEV-SNP and TDX guests are VM types of
+// their own, so a module parameter that says Y while KVM cannot create
+// such a VM (no firmware, no TDX module loaded) does not count.
+func (h *LaunchSecurityHost) applyVMTypes(types uint64) {
+	if types == 0 {
+		return
+	}
+	for _, t := range []struct {
+		on      *bool
+		bit     uint
+		feature string
+		what    string
+	}{{&h.SEVSNP, vmTypeSNP, "sev-snp", "AMD SEV-SNP"}, {&h.TDX, vmTypeTDX, "tdx", "Intel TDX"}} {
+		if *t.on && types&(1<<t.bit) == 0 {
+			*t.on = false
+			if h.Why == nil {
+				h.Why = map[string]string{}
+			}
+			h.Why[t.feature] = fmt.Sprintf("%s is enabled in the kernel module, but KVM cannot create such guests (KVM_CAP_VM_TYPES is %#x)", t.what, types)
+		}
+	}
 }

@@ -157,3 +157,22 @@ func TestCacheLaunchSecurity(t *testing.T) {
 		t.Error("an entry probed without SEV was used on a host with SEV")
 	}
 }
+
+// TestApplyVMTypes: KVM's VM type list overrules a module parameter that
+// says Y for SEV-SNP or TDX when KVM cannot create such a VM; no list
+// (old kernel) leaves the parameters' answer.
+func TestApplyVMTypes(t *testing.T) {
+	h := LaunchSecurityHost{SEV: true, SEVSNP: true, TDX: true}
+	h.applyVMTypes(0)
+	if !h.SEVSNP || !h.TDX {
+		t.Fatalf("no VM type list changed the answer: %+v", h)
+	}
+	h.applyVMTypes(1<<0 | 1<<vmTypeSNP)
+	if !h.SEVSNP || h.TDX || !h.SEV {
+		t.Fatalf("after types 0x11: %+v", h)
+	}
+	if m := h.Missing("tdx"); !strings.Contains(m, "KVM cannot create such guests") {
+		t.Errorf("Missing(tdx) = %q", m)
+	}
+	t.Logf("this host's KVM_CAP_VM_TYPES: %#x", kvmVMTypes("/dev/kvm"))
+}

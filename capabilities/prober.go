@@ -86,6 +86,9 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 	wg.Wait()
 	<-hostDone
 	caps.Host.KVM, caps.Host.HVF = hostKVM, hostHVF
+	if hostKVM {
+		caps.Host.LaunchSecurity.applyVMTypes(kvmVMTypes(p.kvmDevice()))
+	}
 
 	firmware := findFirmware(p.hostRoot())
 	var ok int
