@@ -268,3 +268,61 @@ func TestLaunchSecurityFiles(t *testing.T) {
 		t.Errorf("SEV-SNP files %q", f)
 	}
 }
+
+// TestFromNativeLaunchSecurity: the argv of each launch security type
+// converts back to the same <launchSecurity> (from-native), and a command
+// line whose object the machine does not use, or that has a property with
+// no equivalent, is refused rather than converted to an unprotected guest.
+func TestFromNativeLaunchSecurity(t *testing.T) {
+	dir := t.TempDir()
+	emu := &capabilities.Emulator{Path: "/usr/bin/qemu-system-x86_64", Arch: "x86_64", VersionNum: 10001000,
+		SEV: &capabilities.SEVCapability{CBitPos: 51, ReducedPhysBits: 1}}
+	for _, tc := range []struct{ name, arch, machine, ls string }{
+		{"sev", "x86_64", "q35", `<launchSecurity type='sev' kernelHashes='yes'><cbitpos>47</cbitpos><reducedPhysBits>1</reducedPhysBits>
+		  <policy>0x33</policy><handle>2</handle><dhCert>DHCERT</dhCert><session>SESSION</session></launchSecurity>`},
+		{"sev-snp", "x86_64", "q35", `<launchSecurity type='sev-snp' authorKey='yes' vcek='no'><cbitpos>47</cbitpos><reducedPhysBits>1</reducedPhysBits>
+		  <policy>0x30000</policy><idBlock>` + blob(96) + `</idBlock><idAuth>` + blob(4096) + `</idAuth><hostData>` + blob(32) + `</hostData></launchSecurity>`},
+		{"tdx", "x86_64", "q35", `<launchSecurity type='tdx'><policy>0x10000001</policy><mrOwner>` + blob(48) + `</mrOwner>
+		  <quoteGenerationService path='/run/qgs.sock'/></launchSecurity>`},
+		{"s390-pv", "s390x", "s390-ccw-virtio", `<launchSecurity type='s390-pv'/>`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := Parse([]byte(lsDomain("kvm", tc.arch, tc.machine, tc.ls)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := emu
+			if tc.arch != "x86_64" {
+				e = nil
+			}
+			cmd, err := BuildCommand(d, CommandOptions{Emulator: e, QMPSocket: "/run/q.qmp", DomainDir: dir, LibDir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.WriteLaunchSecurityFiles(dir); err != nil {
+				t.Fatal(err)
+			}
+			back, err := FromNative(cmd.String())
+			if err != nil {
+				t.Fatalf("FromNative: %v\n%s", err, cmd)
+			}
+			want, got := *d.LaunchSecurity(), back.LaunchSecurity()
+			if got == nil || *got != want {
+				t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, argv, err string }{
+		{"object not used", "/usr/bin/qemu-system-x86_64 -machine q35 -accel kvm -object sev-guest,id=lsec0,cbitpos=47,reduced-phys-bits=1,policy=1",
+			"would run the guest unprotected"},
+		{"machine names no object", "/usr/bin/qemu-system-x86_64 -machine q35,confidential-guest-support=sev0 -accel kvm", "names no sev-guest"},
+		{"unknown property", "/usr/bin/qemu-system-x86_64 -machine q35,confidential-guest-support=lsec0 -accel kvm -object sev-guest,id=lsec0,policy=1,sev-device=/dev/sev2",
+			`property "sev-device" has no <launchSecurity> equivalent`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := FromNative(tc.argv); err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("FromNative: %v, want an error containing %q", err, tc.err)
+			}
+		})
+	}
+}
