@@ -140,7 +140,7 @@ var silentDrops = []struct {
 	{path: []string{"memoryBacking", "hugepages", "page"}, why: "only 2 MiB pages for all of the guest's memory are supported (/dev/hugepages): other sizes and node sets are not", allowed: defaultHugePage},
 	{path: []string{"cpu", "numa", "interconnects"}, why: "NUMA interconnect latencies and bandwidths (ACPI HMAT) are not supported"},
 	{path: []string{"cpu", "numa", "cell", "cache"}, why: "NUMA memory-side caches (ACPI HMAT) are not supported"},
-	{path: []string{"vcpus"}, why: "per-vCPU hot-plug settings (<vcpus>) are not supported"},
+	{path: []string{"vcpus"}, why: "only the boot vCPUs 0..current-1 can be enabled (vCPUs enabled by hot-plug at start are not supported)", allowed: bootVCPUs},
 	{path: []string{"cputune", "iothread_period"}, why: "iothread CPU bandwidth (cgroups per iothread) is not supported"},
 	{path: []string{"cputune", "iothread_quota"}, why: "iothread CPU bandwidth (cgroups per iothread) is not supported"},
 }
@@ -255,4 +255,32 @@ func defaultHugePage(page *etree.Element) bool {
 	}
 	n, err := scaled(attr(page, "size"), attr(page, "unit"), "KiB")
 	return err == nil && n == 2<<20
+}
+
+// bootVCPUs accepts a <vcpus> that describes what -smp current,maxcpus
+// gives: vCPUs 0..current-1 enabled (and not hot-pluggable), the others
+// disabled, as `virsh dumpxml` prints for a guest with fewer vCPUs than
+// its maximum.
+func bootVCPUs(vcpus *etree.Element) bool {
+	n := 0
+	for _, v := range children(vcpus, "vcpu") {
+		if attr(v, "enabled") != "yes" {
+			continue
+		}
+		id, err := strconv.Atoi(attr(v, "id"))
+		if err != nil || attr(v, "hotpluggable") == "yes" {
+			return false
+		}
+		if id >= n {
+			n = id + 1
+		}
+	}
+	enabled := 0
+	for _, v := range children(vcpus, "vcpu") {
+		if attr(v, "enabled") == "yes" {
+			enabled++
+		}
+	}
+	d := &Domain{root: vcpus.Parent()}
+	return enabled == n && n == d.VCPUs()
 }

@@ -326,3 +326,32 @@ func TestFromNativeLaunchSecurity(t *testing.T) {
 		})
 	}
 }
+
+// TestVCPUsHonoured: a <vcpus> that says what -smp gives (boot vCPUs
+// 0..current-1) is accepted; one that enables vCPUs by hot-plug at start
+// is refused, naming <vcpus>.
+func TestVCPUsHonoured(t *testing.T) {
+	mk := func(vcpus string) error {
+		x := strings.Replace(lsDomain("kvm", "x86_64", "pc", ""), "<vcpu>1</vcpu>", "<vcpu current='2'>4</vcpu>"+vcpus, 1)
+		d, err := Parse([]byte(x))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = BuildCommand(d, CommandOptions{})
+		return err
+	}
+	ok := `<vcpus><vcpu id='0' enabled='yes' hotpluggable='no'/><vcpu id='1' enabled='yes' hotpluggable='no'/>
+	  <vcpu id='2' enabled='no' hotpluggable='yes'/><vcpu id='3' enabled='no' hotpluggable='yes'/></vcpus>`
+	if err := mk(ok); err != nil {
+		t.Errorf("boot vCPUs refused: %v", err)
+	}
+	for _, bad := range []string{
+		`<vcpus><vcpu id='0' enabled='yes' hotpluggable='no'/><vcpu id='3' enabled='yes' hotpluggable='yes'/></vcpus>`,
+		`<vcpus><vcpu id='0' enabled='yes' hotpluggable='no'/><vcpu id='1' enabled='yes' hotpluggable='yes'/></vcpus>`,
+		`<vcpus><vcpu id='0' enabled='yes'/></vcpus>`,
+	} {
+		if err := mk(bad); err == nil || !errors.Is(err, ErrNotHonoured) || !strings.Contains(err.Error(), "<vcpus> is not supported") {
+			t.Errorf("%s: %v, want a refusal naming <vcpus>", bad, err)
+		}
+	}
+}
