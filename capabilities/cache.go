@@ -11,7 +11,7 @@ import (
 
 // cacheFormat changes whenever the cached shape or meaning changes, so old
 // entries are re-probed rather than misread.
-const cacheFormat = 1
+const cacheFormat = 2
 
 // cacheKey identifies what a cached probe is valid for: one version of one
 // binary (path, size, mtime, ctime), probed by one qemufs version, with the
@@ -27,6 +27,10 @@ type cacheKey struct {
 	Accels   string `json:"accels,omitempty"`
 	Expand   string `json:"expand,omitempty"`
 	ModsTime int64  `json:"modules,omitempty"`
+	// LaunchSec lists the launch-security features the host kernel
+	// offers (see launchSecurityKey): QEMU's SEV and SGX answers change
+	// with them.
+	LaunchSec string `json:"launchSec,omitempty"`
 }
 
 // cacheEntry is one cached probe: compact, with sets as sorted lists.
@@ -48,6 +52,11 @@ type cachedResult struct {
 	KVMPresent  bool       `json:"kvmPresent,omitempty"`
 	ProbedAccel string     `json:"probedAccel,omitempty"`
 	Err         string     `json:"err,omitempty"`
+
+	SEV      *SEVCapability `json:"sev,omitempty"`
+	SEVError string         `json:"sevError,omitempty"`
+	SGX      *SGXCapability `json:"sgx,omitempty"`
+	SGXError string         `json:"sgxError,omitempty"`
 }
 
 // cachePath is where the entry for a binary lives: one file per path.
@@ -77,6 +86,7 @@ func loadCache(dir string, key cacheKey) *Emulator {
 		Machines: r.Machines, CPUModels: r.CPUModels, CPUFeatures: r.CPUFeatures,
 		Devices: toSet(r.Devices), Commands: toSet(r.Commands),
 		KVMPresent: r.KVMPresent, ProbedAccel: r.ProbedAccel, Err: r.Err, Cached: true,
+		SEV: r.SEV, SEVError: r.SEVError, SGX: r.SGX, SGXError: r.SGXError,
 	}
 }
 
@@ -94,6 +104,7 @@ func storeCache(dir string, key cacheKey, e *Emulator) error {
 		Machines: e.Machines, CPUModels: e.CPUModels, CPUFeatures: e.CPUFeatures,
 		Devices: sortedKeys(e.Devices), Commands: sortedKeys(e.Commands),
 		KVMPresent: e.KVMPresent, ProbedAccel: e.ProbedAccel, Err: e.Err,
+		SEV: e.SEV, SEVError: e.SEVError, SGX: e.SGX, SGXError: e.SGXError,
 	}}
 	data, err := json.Marshal(&ent)
 	if err != nil {

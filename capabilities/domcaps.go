@@ -85,7 +85,7 @@ func domCapsXML(h *Host, k domCapsKey) *node {
 	mb.add(enum("sourceType", present(e.Devices, "memory-backend-file", "file", "memory-backend-ram", "anonymous", "memory-backend-memfd", "memfd")...))
 	root.add(mb)
 	root.add(devicesXML(h, e, m))
-	root.add(featuresXML(e, m, k.virt))
+	root.add(featuresXML(h, e, m, k.virt))
 	return root
 }
 
@@ -358,7 +358,7 @@ func virtioModels(d map[string]bool, pciType string) []string {
 	return out
 }
 
-func featuresXML(e *Emulator, m Machine, virt string) *node {
+func featuresXML(h *Host, e *Emulator, m Machine, virt string) *node {
 	f := el("features")
 	gic := strings.HasPrefix(e.Arch, "arm") || e.Arch == "aarch64"
 	if gic && strings.HasPrefix(m.Name, "virt") {
@@ -370,9 +370,12 @@ func featuresXML(e *Emulator, m Machine, virt string) *node {
 	f.add(el("genid", "supported", yesNo(e.Devices["vmgenid"])))
 	f.add(el("backingStoreInput", "supported", yesNo(e.Commands["blockdev-add"])))
 	f.add(el("backup", "supported", yesNo(e.Commands["blockdev-backup"] && e.Commands["block-dirty-bitmap-add"])))
-	// SEV and SGX need KVM and host firmware support qemufs does not probe.
-	f.add(el("sev", "supported", "no"))
-	f.add(el("sgx", "supported", "no"))
+	// Launch security: from the host's KVM parameters and QEMU's own
+	// answers (query-sev-capabilities, query-sgx-capabilities), for KVM only.
+	f.add(s390PVXML(h, e, virt))
+	f.add(sevXML(h, e, virt))
+	f.add(sgxXML(h, e, virt))
+	f.add(tdxXML(h, e, virt))
 	if isX86(e.Arch) && virt == "kvm" {
 		f.add(el("hyperv", "supported", "yes").add(enum("features",
 			"relaxed", "vapic", "spinlocks", "vpindex", "runtime", "synic", "stimer",

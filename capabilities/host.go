@@ -64,6 +64,7 @@ func probeHost(root string) Host {
 		h.PowerManagement = append(h.PowerManagement, "suspend_hybrid")
 	}
 	h.UUID = hostUUID(rd)
+	h.LaunchSecurity = probeLaunchSecurity(root)
 	if root == "/" || root == "" {
 		h.SWTPM, _ = exec.LookPath("swtpm")
 	}

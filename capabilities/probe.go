@@ -212,6 +212,8 @@ func query(ctx context.Context, conn qmpConn, opts probeOptions) (*Emulator, err
 		cmds     []qmpName
 		types    []qmpName
 		expanded map[string]qmpExpansion
+		sev      qmpSEVCapability
+		sgx      qmpSGXCapability
 	)
 	type call struct {
 		cmd      string
@@ -227,6 +229,10 @@ func query(ctx context.Context, conn qmpConn, opts probeOptions) (*Emulator, err
 		{cmd: "query-kvm", result: &kvm},
 		{cmd: "query-commands", result: &cmds},
 		{cmd: "qom-list-types", args: map[string]any{"abstract": false}, result: &types},
+		// Launch security: these fail (with QEMU's reason) on hosts
+		// without SEV or SGX, which is an answer, not a probe failure.
+		{cmd: "query-sev-capabilities", result: &sev},
+		{cmd: "query-sgx-capabilities", result: &sgx},
 	}
 	var wg sync.WaitGroup
 	for _, c := range calls {
@@ -288,6 +294,8 @@ func query(ctx context.Context, conn qmpConn, opts probeOptions) (*Emulator, err
 	}
 	e.Commands = namesSet(cmds)
 	e.Devices = namesSet(types)
+	sevCall, sgxCall := calls[len(calls)-2], calls[len(calls)-1]
+	setLaunchSecurity(e, &sev, sevCall.err, &sgx, sgxCall.err)
 	return e, nil
 }
 

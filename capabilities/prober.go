@@ -88,6 +88,7 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 	vendorID := cpuidVendor(parseCPUInfo(readFile(filepath.Join(p.hostRoot(), "proc/cpuinfo"))).vendor())
 
 	modTime := modulesTime(p.hostRoot())
+	lsKey := launchSecurityKey(p.hostRoot())
 	paths := p.candidates()
 	caps.Emulators = make([]*Emulator, len(paths))
 	sem := make(chan struct{}, p.parallel())
@@ -96,7 +97,7 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			caps.Emulators[i] = p.emulator(ctx, path, hostKVM, hostHVF, vendorID, modTime)
+			caps.Emulators[i] = p.emulator(ctx, path, hostKVM, hostHVF, vendorID, modTime, lsKey)
 		})
 	}
 	wg.Wait()
@@ -104,6 +105,9 @@ func (p *Prober) Probe(ctx context.Context) (*Capabilities, error) {
 	caps.Host.KVM, caps.Host.HVF = hostKVM, hostHVF
 	if p.KVMDenied != nil {
 		caps.Host.KVMDenied = p.KVMDenied.Error()
+	}
+	if hostKVM {
+		caps.Host.LaunchSecurity.applyVMTypes(kvmVMTypes(p.kvmDevice()))
 	}
 
 	firmware := findFirmware(p.hostRoot(), p.FirmwareDirs...)
@@ -241,7 +245,7 @@ func (p *Prober) candidates() []string {
 
 // emulator returns the facts of one binary: from the cache when its key
 // still matches, else from a new probe (then cached).
-func (p *Prober) emulator(ctx context.Context, path string, hostKVM, hostHVF bool, vendorID string, modTime int64) *Emulator {
+func (p *Prober) emulator(ctx context.Context, path string, hostKVM, hostHVF bool, vendorID string, modTime int64, lsKey string) *Emulator {
 	size, mtime, ctime, err := statKey(path)
 	if err != nil {
 		return &Emulator{Path: path, Arch: archFromName(path), Err: fmt.Sprintf("emulator %s: %v", path, err)}
@@ -253,7 +257,7 @@ func (p *Prober) emulator(ctx context.Context, path string, hostKVM, hostHVF boo
 		accels = []string{"hvf", "tcg"}
 	}
 	key := cacheKey{Format: cacheFormat, Path: path, Size: size, MtimeNs: mtime, CtimeNs: ctime,
-		Qemufs: p.Version, Accels: strings.Join(accels, ","), ModsTime: modTime}
+		Qemufs: p.Version, Accels: strings.Join(accels, ","), ModsTime: modTime, LaunchSec: lsKey}
 	// Only the host's arch needs CPU model features; the name says which
 	// binaries are of another arch (an unknown name is asked).
 	if a := archFromName(path); (a == "" || a == HostArch()) && isX86(HostArch()) {

@@ -38,6 +38,10 @@ type Host struct {
 	// KVMDenied says why a KVM device that is present is not usable by
 	// QEMU's user ("" otherwise), for error messages.
 	KVMDenied string
+	// LaunchSecurity is what the host offers confidential guests (SEV,
+	// SEV-ES, SEV-SNP, TDX, s390 PV, SGX), with the reason for each it
+	// lacks.
+	LaunchSecurity LaunchSecurityHost
 }
 
 // HostCPU is the host processor as libvirt reports it.
@@ -150,6 +154,15 @@ type Emulator struct {
 	Firmware []Firmware
 	// Cached is true when these facts came from the cache, not a new probe.
 	Cached bool
+
+	// SEV is the answer to query-sev-capabilities, nil when QEMU could not
+	// give one (SEVError says why: no SEV in KVM, no KVM, an old QEMU).
+	SEV      *SEVCapability
+	SEVError string
+	// SGX is the answer to query-sgx-capabilities, nil when none
+	// (SGXError says why).
+	SGX      *SGXCapability
+	SGXError string
 }
 
 // Machine is one machine type of an emulator.

@@ -1017,6 +1017,7 @@ func (b *builder) videos() error {
 			if h := attr(m, "heads"); h != "" {
 				o.add("max_outputs", int(mustUint(h)))
 			}
+			videoResolution(&o, m)
 		case "vga", "vmvga":
 			if r := attr(m, "vgamem"); r != "" {
 				o.add("vgamem_mb", mustUint(r)/1024)
@@ -1031,6 +1032,7 @@ func (b *builder) videos() error {
 			if h := attr(m, "heads"); h != "" && h != "1" {
 				o.add("max_outputs", int(mustUint(h)))
 			}
+			videoResolution(&o, m)
 			b.virtioOptions(&o, child(v, "driver"))
 		}
 		if typ != "ramfb" {
@@ -1113,6 +1115,9 @@ func (b *builder) redirdevs() error {
 			return err
 		}
 		o := obj("driver", "usb-redir", "chardev", id, "id", alias(r))
+		if f := b.usbRedirFilter(); f != "" {
+			o.add("filter", f)
+		}
 		b.addUSB(&o, r)
 		if bi, ok := b.bootIndex[r]; ok {
 			o.add("bootindex", bi)

@@ -362,6 +362,12 @@ func (b *builder) disk(disk *etree.Element) error {
 				f.add("cache", obj("direct", direct, "no-flush", noFlush))
 			}
 			f.add("driver", format)
+			if n, ok := metadataCacheBytes(l.e, i == 0); ok {
+				if format != "qcow2" {
+					return errAt(l.e, "<metadata_cache> is only for qcow2 images (this one is %s)", format)
+				}
+				f.add("cache-size", n)
+			}
 			f.add("file", nodes[i].storage)
 			if i < len(layers)-1 {
 				f.add("backing", nodes[i+1].format)
@@ -529,6 +535,7 @@ func (b *builder) diskDevice(disk *etree.Element, bus, device, drive string) (jo
 		}
 		o.add("bootindex", n)
 	}
+	diskGeometry(&o, disk, bus)
 	if s := strings.TrimSpace(text(child(disk, "serial"))); s != "" && bus != "fdc" && bus != "usb" {
 		o.add("serial", s)
 	}

@@ -38,6 +38,7 @@ func (b *builder) machine() error {
 	if !b.hasNUMA() && b.kind != machineMicrovm && b.kind != machineOther {
 		parts = append(parts, "memory-backend="+b.ramID())
 	}
+	parts = append(parts, b.confidentialGuest()...)
 	if b.d.Type() == "kvm" {
 		if f := b.feature("ioapic"); f != nil && attr(f, "driver") == "qemu" {
 			parts = append(parts, "kernel_irqchip=split")
@@ -75,7 +76,9 @@ func (b *builder) machine() error {
 			}
 		}
 	}
+	accel += b.dirtyRing()
 	b.add("-accel", accel)
+	b.add(b.tsegGlobal()...)
 	return nil
 }
 

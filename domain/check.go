@@ -198,6 +198,7 @@ func (d *Domain) check() error {
 	d.checkDevices(c)
 	d.checkSecLabels(c)
 	d.checkQEMUNamespace(c)
+	d.checkLaunchSecurity(c)
 	if c.err != nil {
 		return c.err
 	}

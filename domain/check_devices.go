@@ -39,6 +39,7 @@ var deviceCheckers = map[string]func(c *checker, e *etree.Element){
 	"iommu":       checkIOMMU,
 	"vsock":       checkVsock,
 	"crypto":      func(c *checker, e *etree.Element) {},
+	"pstore":      checkPstore,
 }
 
 func (d *Domain) checkDevices(c *checker) {
@@ -75,6 +76,7 @@ func (d *Domain) checkDevices(c *checker) {
 		}
 	}
 	d.checkCrossDevice(c)
+	d.checkPstores(c)
 }
 
 // checkCrossDevice checks rules between devices: unique disk targets,

@@ -356,12 +356,12 @@ func BuildCommand(d *Domain, opts CommandOptions) (*Command, error) {
 	}
 	cmd.Env = b.env()
 	steps := []func() error{
-		b.general, b.machine, b.cpu, b.firmware, b.memory, b.smp, b.numa, b.uuidSMBIOS,
+		b.refuseSilentDrops, b.general, b.machine, b.cpu, b.firmware, b.memory, b.smp, b.defaultIOThread, b.numa, b.uuidSMBIOS,
 		b.display, b.monitor, b.clock, b.lifecycle, b.pm, b.boot, b.kernel,
-		b.controllers, b.disks, b.filesystems, b.nets, b.smartcards, b.chardevs,
+		b.pciHole64, b.controllers, b.disks, b.filesystems, b.nets, b.smartcards, b.chardevs,
 		b.tpm, b.inputs, b.audios, b.graphics, b.videos, b.sounds, b.watchdog,
-		b.redirdevs, b.hostdevs, b.memballoon, b.rngs, b.panic, b.shmems,
-		b.memoryDevices, b.iommu, b.vsock, b.tail,
+		b.redirdevs, b.hostdevs, b.memballoon, b.rngs, b.vmcoreinfo, b.panic, b.shmems,
+		b.memoryDevices, b.iommu, b.vsock, b.launchSecurity, b.tail,
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {
@@ -412,6 +412,7 @@ func (b *builder) tail() error {
 		b.add("-incoming", b.opts.Incoming)
 	}
 	b.add(b.opts.ExtraArgs...)
+	b.pstores() // after the sandbox, where libvirt puts it
 	b.add("-msg", "timestamp=on")
 	b.add(b.d.QEMUArgs()...)
 	return nil

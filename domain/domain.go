@@ -477,7 +477,7 @@ var deviceOrder = orderOf("emulator", "disk", "controller", "lease", "filesystem
 	"interface", "smartcard", "serial", "parallel", "console", "channel", "input",
 	"tpm", "graphics", "sound", "audio", "video", "hostdev", "redirdev", "redirfilter",
 	"hub", "watchdog", "memballoon", "rng", "nvram", "panic", "shmem", "memory",
-	"iommu", "vsock", "crypto")
+	"iommu", "vsock", "crypto", "pstore")
 
 // osOrder is the order inside <os>.
 var osOrder = orderOf("type", "firmware", "loader", "nvram", "kernel", "initrd", "cmdline",

@@ -1115,6 +1115,9 @@ func (x *expander) pciAddresses() error {
 			add(s, connPCI)
 		}
 	}
+	for _, p := range children(x.devs, "pstore") {
+		add(p, connPCI) // acpi-erst is a conventional PCI device
+	}
 	for _, e := range jobs {
 		if err := a.assign(e.e, e.k); err != nil {
 			return err

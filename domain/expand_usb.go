@@ -372,5 +372,8 @@ func (x *expander) aliases() error {
 	for _, c := range children(x.devs, "crypto") {
 		set(c, next("crypto"))
 	}
+	for _, p := range children(x.devs, "pstore") {
+		set(p, next("pstore"))
+	}
 	return nil
 }

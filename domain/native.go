@@ -290,6 +290,7 @@ type native struct {
 	usbBots  map[string]bool        // usb-bot ids
 	keymap   string
 	extra    []string // kept verbatim in qemu:commandline
+	lsecObjs []kv     // confidential guest objects (native_launchsec.go)
 }
 
 // parse walks the arguments.
@@ -528,6 +529,8 @@ func (n *native) option(opt, v string, hdIndex map[string]int, rngObjects map[st
 				}
 			}
 			n.throttle[k.get("id")] = lim
+		case "sev-guest", "sev-snp-guest", "tdx-guest", "s390-pv-guest":
+			n.lsecObjs = append(n.lsecObjs, k)
 		case "memory-backend-ram", "secret", "iothread":
 			// libvirt's own boilerplate: nothing to keep
 		default:
@@ -920,6 +923,9 @@ func (n *native) build() (*etree.Document, error) {
 			be.CreateAttr("model", "random")
 			be.SetText(n.rng)
 		}
+	}
+	if err := n.buildLaunchSecurity(r); err != nil {
+		return nil, err
 	}
 	n.buildQEMUNamespace(r)
 	return doc, nil

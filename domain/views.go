@@ -352,6 +352,9 @@ func (d *Domain) HostPaths() []HostPath {
 		src := child(f, "source")
 		add(attr(src, "dir")+attr(src, "file")+attr(src, "dev"), child(f, "readonly") != nil, "filesystem")
 	}
+	for _, p := range d.PstorePaths() {
+		add(p, false, "pstore")
+	}
 	for _, r := range children(devs, "rng") {
 		if b := child(r, "backend"); attr(b, "model") == "random" {
 			add(strings.TrimSpace(b.Text()), true, "rng")
@@ -529,6 +532,11 @@ func (d *Domain) Validate(caps *capabilities.Capabilities) error {
 	if err != nil {
 		return &Error{Path: "os/type", Msg: err.Error(), Err: ErrUnsupported}
 	}
+	// A confidential guest this host cannot protect is refused at define,
+	// as libvirt's validation does (qemuValidateDomainDef), not only at start.
+	if err := d.CheckLaunchSecurity(&caps.Host, e); err != nil {
+		return err
+	}
 	// Device models the emulator lacks: generate the command line for
 	// this emulator and check every -device and -object type. Errors
 	// about what only this host lacks (host networking, ...) are left for
@@ -536,7 +544,7 @@ func (d *Domain) Validate(caps *capabilities.Capabilities) error {
 	// errors.
 	cmd, err := BuildCommand(d, CommandOptions{Emulator: e, DomainDir: "/run/qemufs-validate"})
 	if err != nil {
-		if errors.Is(err, ErrUnsupported) {
+		if errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrNotHonoured) {
 			return nil
 		}
 		return err

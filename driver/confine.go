@@ -109,6 +109,10 @@ func (d *Driver) securityGuest(r *run) (*security.Guest, error) {
 		seen[nv] = true
 		g.Writes = append(g.Writes, nv)
 	}
+	for _, f := range live.LaunchSecurityFiles(filepath.Join(d.inst.LibDir, r.dm.name)) {
+		seen[f] = true
+		g.Reads = append(g.Reads, f)
+	}
 	var chardevs []domain.Chardev
 	chardevs = append(chardevs, live.Serials()...)
 	chardevs = append(chardevs, live.Consoles()...)

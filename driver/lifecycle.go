@@ -297,6 +297,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	if err := d.prepareHost(r); err != nil {
 		return errorf(ErrInvalid, "start %s: %w", name, err)
 	}
+	if err := d.prepareGuestFiles(r, emu); err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
 	if port, auto := vncAutoport(r.live); auto {
 		p, err := d.ports.Get(d.conf.VNCListen)
 		if err != nil {
@@ -354,6 +357,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	undo = append(undo, r.stopTPM)
+	if err := d.checkKVM(r.live, spec.Credential); err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
 
 	d.logStart(r, &spec)
 	proc, err := procmgr.Start(ctx, spec)

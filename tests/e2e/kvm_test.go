@@ -143,6 +143,9 @@ func TestKVMNoNamespace(t *testing.T) {
 	if err == nil || !strings.Contains(msg, "cannot open /dev/kvm") || !strings.Contains(msg, "qemu") {
 		t.Errorf("type='kvm' where qemu cannot open /dev/kvm: %v, error %q; want the reason", err, msg)
 	}
+	if pid := m.Pid("k"); pid != 0 || strings.Contains(m.QEMULog("k"), "qemu-system") {
+		t.Errorf("QEMU was spawned for a guest it cannot run (pid %d):\n%s", pid, m.QEMULog("k"))
+	}
 	if !strings.Contains(m.DaemonLog(), "KVM is not listed in capabilities") {
 		t.Errorf("the daemon log does not say why KVM is missing:\n%s", m.DaemonLog())
 	}
