@@ -1,0 +1,636 @@
+package driver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/monitor"
+)
+
+// Day-2 ctl commands that change a running guest's resources or act on it:
+// setmem, setvcpus, send-key, dump.
+
+func init() {
+	registerCommand("setmem SIZE [--live] [--config] [--current]", cmdSetmem)
+	registerCommand("setvcpus N [--live] [--config] [--current] [--maximum]", cmdSetvcpus)
+	registerCommand("send-key [--codeset linux|qnum] [--holdtime MS] KEY...", cmdSendKey)
+	registerCommand("dump FILE [--memory-only] [--format=elf|kdump-zlib|kdump-lzo|kdump-snappy|win-dmp] [--live] [--reset] [--crash]", cmdDump)
+}
+
+// scope is where a change applies, as virsh's --live/--config/--current.
+type scope struct{ live, config bool }
+
+// parseScope takes --live, --config and --current out of args. Without any
+// (or with --current) the change applies to the running guest when there
+// is one, else to the definition. extra flags the caller understands are
+// returned with the positional arguments.
+func parseScope(args []string, active bool, extra ...string) (scope, []string, error) {
+	var s scope
+	var current bool
+	var rest []string
+	for _, a := range args {
+		switch a {
+		case "--live":
+			s.live = true
+		case "--config":
+			s.config = true
+		case "--current":
+			current = true
+		default:
+			rest = append(rest, a)
+		}
+	}
+	if current && (s.live || s.config) {
+		return s, nil, fmt.Errorf("--current excludes --live and --config")
+	}
+	if !s.live && !s.config {
+		s.live, s.config = active, !active
+	}
+	return s, rest, nil
+}
+
+// opsRedefine changes the persistent definition with fn and stores it like
+// a write of config.xml (validated, expanded, written atomically). The
+// caller holds dm.op. On any failure the definition stays as it was.
+func (d *Driver) opsRedefine(dm *dom, op string, fn func(def *domain.Domain) error) error {
+	dm.mu.Lock()
+	cur := dm.def
+	dm.mu.Unlock()
+	if cur == nil {
+		return errorf(ErrInvalid, "%s %s: the domain is not defined", op, dm.name)
+	}
+	def := cur.Clone()
+	if err := fn(def); err != nil {
+		return err
+	}
+	if err := def.Validate(d.caps); err != nil {
+		return errorf(ErrInvalid, "%s %s: %w", op, dm.name, err)
+	}
+	if err := domain.Expand(def, d.caps); err != nil {
+		return errorf(ErrInvalid, "%s %s: %w", op, dm.name, err)
+	}
+	out := def.XML()
+	if err := writeFileAtomic(d.defPath(dm.name), out, 0o600); err != nil {
+		return errorf(ErrIO, "%s %s: %w", op, dm.name, err)
+	}
+	dm.mu.Lock()
+	dm.def, dm.defXML = def, out
+	dm.mu.Unlock()
+	dm.publish(EventDefined, "updated")
+	return nil
+}
+
+// opsUpdateLive changes the live definition with fn and re-renders live.xml
+// and the status file, after a change QEMU has made.
+func (r *run) opsUpdateLive(fn func(live *domain.Domain)) {
+	r.mu.Lock()
+	fn(r.live)
+	r.mu.Unlock()
+	r.refreshLive()
+	r.saveStatus()
+}
+
+// domState returns the domain's definition and run under its lock.
+func (dm *dom) domState() (*domain.Domain, *run) {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	return dm.def, dm.run
+}
+
+// ---- setmem ----
+
+func cmdSetmem(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	def, r := dm.domState()
+	if def == nil {
+		return errorf(ErrInvalid, "setmem %s: the domain is not defined", dm.name)
+	}
+	sc, rest, err := parseScope(args, r != nil)
+	if err != nil || len(rest) != 1 {
+		return errBadArgs
+	}
+	kib, err := domain.ParseScaledKiB(rest[0])
+	if err != nil {
+		return errorf(ErrInvalid, "setmem %s: size %q: %v (a number, KiB by default, or with a unit: K, KiB, M, MiB, G, GiB, KB, MB, GB ...)", dm.name, rest[0], err)
+	}
+	if kib == 0 {
+		return errorf(ErrInvalid, "setmem %s: size 0 is not allowed", dm.name)
+	}
+	if sc.live {
+		if r == nil {
+			return errorf(ErrBusy, "setmem %s: --live: the domain is not running", dm.name)
+		}
+		live := r.def()
+		if !hasBalloon(live) {
+			return errorf(ErrNoDevice, "setmem %s: the running guest has no memory balloon (add <memballoon model='virtio'/> and restart it)", dm.name)
+		}
+		if max := live.MemoryKiB(); kib > max {
+			return errorf(ErrInvalid, "setmem %s: %d KiB is more than the guest's maximum memory (<memory>) of %d KiB", dm.name, kib, max)
+		}
+	}
+	if sc.config && kib > def.MemoryKiB() {
+		return errorf(ErrInvalid, "setmem %s: %d KiB is more than the definition's maximum memory (<memory>) of %d KiB", dm.name, kib, def.MemoryKiB())
+	}
+	if sc.live {
+		if err := r.mon.Execute(ctx, "balloon", map[string]any{"value": kib << 10}, nil); err != nil {
+			return errorf(ErrIO, "setmem %s: %w", dm.name, err)
+		}
+		r.opsUpdateLive(func(l *domain.Domain) { l.SetCurrentMemoryKiB(kib) })
+		d.appendLog(r.files.Log, "balloon target set to %d KiB", kib)
+	}
+	if sc.config {
+		return d.opsRedefine(dm, "setmem", func(def *domain.Domain) error {
+			def.SetCurrentMemoryKiB(kib)
+			return nil
+		})
+	}
+	return nil
+}
+
+// startBalloon sets the balloon to <currentMemory> at start, when it is
+// below <memory>, as libvirt does; QEMU boots with all of <memory>.
+func (d *Driver) startBalloon(ctx context.Context, r *run) error {
+	live := r.live
+	cur, max := live.CurrentMemoryKiB(), live.MemoryKiB()
+	if !hasBalloon(live) || cur == 0 || cur >= max {
+		return nil
+	}
+	if err := r.mon.Execute(ctx, "balloon", map[string]any{"value": cur << 10}, nil); err != nil {
+		return errorf(ErrIO, "start %s: balloon to currentMemory %d KiB: %w", r.dm.name, cur, err)
+	}
+	return nil
+}
+
+// ---- setvcpus ----
+
+// vcpuUnplugTimeout bounds the wait for the guest to release a vCPU.
+var vcpuUnplugTimeout = 30 * time.Second
+
+// hotpluggableCPU is one entry of query-hotpluggable-cpus.
+type hotpluggableCPU struct {
+	Type    string         `json:"type"`
+	Props   map[string]int `json:"props"`
+	QOMPath string         `json:"qom-path"`
+}
+
+// propOrder is the order of topology properties, outermost first.
+var propOrder = []string{"node-id", "drawer-id", "book-id", "socket-id", "die-id", "cluster-id", "core-id", "thread-id"}
+
+// cpuLess orders CPU slots by topology.
+func cpuLess(a, b hotpluggableCPU) bool {
+	for _, p := range propOrder {
+		if a.Props[p] != b.Props[p] {
+			return a.Props[p] < b.Props[p]
+		}
+	}
+	return false
+}
+
+func cmdSetvcpus(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	def, r := dm.domState()
+	if def == nil {
+		return errorf(ErrInvalid, "setvcpus %s: the domain is not defined", dm.name)
+	}
+	sc, rest, err := parseScope(args, r != nil)
+	if err != nil {
+		return errBadArgs
+	}
+	maximum := false
+	var pos []string
+	for _, a := range rest {
+		if a == "--maximum" {
+			maximum = true
+		} else {
+			pos = append(pos, a)
+		}
+	}
+	if len(pos) != 1 {
+		return errBadArgs
+	}
+	n, err := strconv.Atoi(pos[0])
+	if err != nil || n < 1 {
+		return errorf(ErrInvalid, "setvcpus %s: %q is not a vCPU count (a positive integer)", dm.name, pos[0])
+	}
+	if maximum {
+		// The maximum is fixed while QEMU runs (-smp maxcpus).
+		if sc.live || !sc.config {
+			return errorf(ErrInvalid, "setvcpus %s: --maximum changes the definition only: use it with --config", dm.name)
+		}
+		return d.opsRedefine(dm, "setvcpus", func(def *domain.Domain) error {
+			def.SetMaxVCPUs(n)
+			return nil
+		})
+	}
+	if sc.live {
+		if r == nil {
+			return errorf(ErrBusy, "setvcpus %s: --live: the domain is not running", dm.name)
+		}
+		if max := r.def().MaxVCPUs(); n > max {
+			return errorf(ErrInvalid, "setvcpus %s: %d is more than the running guest's maximum of %d vCPUs (<vcpu>)", dm.name, n, max)
+		}
+	}
+	if sc.config && n > def.MaxVCPUs() {
+		return errorf(ErrInvalid, "setvcpus %s: %d is more than the definition's maximum of %d vCPUs (<vcpu>; raise it with --maximum --config)", dm.name, n, def.MaxVCPUs())
+	}
+	if sc.live {
+		if err := d.setLiveVCPUs(ctx, r, n); err != nil {
+			return err
+		}
+	}
+	if sc.config {
+		return d.opsRedefine(dm, "setvcpus", func(def *domain.Domain) error {
+			def.SetVCPUs(n)
+			return nil
+		})
+	}
+	return nil
+}
+
+// setLiveVCPUs plugs or unplugs vCPUs until the guest has n. The live
+// definition follows what QEMU has, also after a partial failure.
+func (d *Driver) setLiveVCPUs(ctx context.Context, r *run, n int) error {
+	name := r.dm.name
+	var slots []hotpluggableCPU
+	if err := r.mon.Execute(ctx, "query-hotpluggable-cpus", nil, &slots); err != nil {
+		return errorf(ErrIO, "setvcpus %s: %w", name, err)
+	}
+	var plugged, free []hotpluggableCPU
+	for _, s := range slots {
+		if s.QOMPath != "" {
+			plugged = append(plugged, s)
+		} else {
+			free = append(free, s)
+		}
+	}
+	sort.Slice(plugged, func(i, j int) bool { return cpuLess(plugged[i], plugged[j]) })
+	sort.Slice(free, func(i, j int) bool { return cpuLess(free[i], free[j]) })
+	have := len(plugged)
+	defer func() {
+		if cpus, err := r.queryCPUs(ctx); err == nil {
+			r.opsUpdateLive(func(l *domain.Domain) { l.SetVCPUs(len(cpus)) })
+		}
+	}()
+	used := map[string]bool{}
+	for _, p := range plugged {
+		used[filepath.Base(p.QOMPath)] = true
+	}
+	for have < n {
+		if len(free) == 0 {
+			return errorf(ErrIO, "setvcpus %s: QEMU has no free CPU slot for vCPU %d", name, have+1)
+		}
+		s := free[0]
+		free = free[1:]
+		id := ""
+		for k := have; id == ""; k++ {
+			if c := "vcpu" + strconv.Itoa(k); !used[c] {
+				id = c
+			}
+		}
+		args := map[string]any{"driver": s.Type, "id": id}
+		for k, v := range s.Props {
+			args[k] = v
+		}
+		if err := r.mon.Execute(ctx, "device_add", args, nil); err != nil {
+			return errorf(ErrIO, "setvcpus %s: plugging vCPU %d: %w", name, have+1, err)
+		}
+		used[id] = true
+		have++
+		d.appendLog(r.files.Log, "vCPU %s plugged (%s)", id, s.Type)
+	}
+	for have > n {
+		s := plugged[have-1]
+		if err := d.unplugVCPU(ctx, r, s.QOMPath); err != nil {
+			return err
+		}
+		have--
+	}
+	return nil
+}
+
+// unplugVCPU asks QEMU (and the guest, through ACPI) to remove the vCPU at
+// path and waits, bounded, until it is gone.
+func (d *Driver) unplugVCPU(ctx context.Context, r *run, path string) error {
+	name := r.dm.name
+	ectx, cancel := context.WithTimeout(ctx, vcpuUnplugTimeout)
+	defer cancel()
+	evs, err := r.mon.Events(ectx)
+	if err != nil {
+		return errorf(ErrIO, "setvcpus %s: %w", name, err)
+	}
+	if err := r.mon.Execute(ctx, "device_del", map[string]any{"id": path}, nil); err != nil {
+		var qe *monitor.Error
+		if errors.As(err, &qe) {
+			return errorf(ErrInvalid, "setvcpus %s: QEMU cannot unplug the vCPU %s: %s", name, path, qe.Desc)
+		}
+		return errorf(ErrIO, "setvcpus %s: unplug %s: %w", name, path, err)
+	}
+	for {
+		select {
+		case ev, ok := <-evs:
+			if !ok {
+				if ctx.Err() != nil {
+					return errorf(ErrInterrupted, "setvcpus %s: interrupted while waiting for the guest to release vCPU %s; it may still do so", name, path)
+				}
+				return errorf(ErrBusy, "setvcpus %s: the guest did not release vCPU %s within %s (it must support CPU hot-unplug)", name, path, vcpuUnplugTimeout)
+			}
+			if ev.Event == "DEVICE_DELETED" && ev.Data["path"] == path {
+				d.appendLog(r.files.Log, "vCPU %s unplugged", path)
+				return nil
+			}
+		case <-r.done:
+			return errorf(ErrIO, "setvcpus %s: the domain stopped", name)
+		}
+	}
+}
+
+// ---- send-key ----
+
+func cmdSendKey(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	codeset, hold := "linux", -1
+	var keys []qmpKey
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		opt, val, hasVal := strings.Cut(a, "=")
+		if opt == "--codeset" || opt == "--holdtime" {
+			if !hasVal {
+				if i+1 >= len(args) {
+					return errBadArgs
+				}
+				i++
+				val = args[i]
+			}
+			if opt == "--codeset" {
+				if !contains(sendKeyCodesets, val) {
+					return errorf(ErrInvalid, "send-key %s: codeset %q is not supported; use one of %s", dm.name, val, strings.Join(sendKeyCodesets, ", "))
+				}
+				codeset = val
+				continue
+			}
+			ms, err := strconv.Atoi(val)
+			if err != nil || ms < 0 {
+				return errorf(ErrInvalid, "send-key %s: --holdtime %q: expected milliseconds", dm.name, val)
+			}
+			hold = ms
+			continue
+		}
+		if strings.HasPrefix(a, "--") {
+			return errBadArgs
+		}
+		k, err := parseKey(codeset, a)
+		if err != nil {
+			return errorf(ErrInvalid, "send-key %s: %v", dm.name, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return errBadArgs
+	}
+	if len(keys) > maxSendKeys {
+		return errorf(ErrInvalid, "send-key %s: %d keys; at most %d at once", dm.name, len(keys), maxSendKeys)
+	}
+	return d.simple(dm, "send-key", func(r *run) error {
+		a := map[string]any{"keys": keys}
+		if hold >= 0 {
+			a["hold-time"] = hold
+		}
+		return r.mon.Execute(ctx, "send-key", a, nil)
+	})
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// ---- dump ----
+
+// dumpTimeout bounds a memory dump; QEMU cannot cancel one, so after it
+// the command fails while QEMU may still finish writing.
+const dumpTimeout = 30 * time.Minute
+
+// dumpSeq names the descriptors passed to QEMU for dumps.
+var dumpSeq atomic.Uint64
+
+// dumpStatus is query-dump's answer and DUMP_COMPLETED's "result".
+type dumpStatus struct {
+	Status    string `json:"status"`
+	Completed uint64 `json:"completed"`
+	Total     uint64 `json:"total"`
+}
+
+func cmdDump(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	format := "elf"
+	var file string
+	var reset, crash bool
+	for _, a := range args {
+		switch {
+		case a == "--memory-only", a == "--live":
+			// A dump is always of guest memory (ELF or kdump), never
+			// QEMU's migration stream; QEMU stops the CPUs while it
+			// writes, whatever --live says.
+		case a == "--reset":
+			reset = true
+		case a == "--crash":
+			crash = true
+		case strings.HasPrefix(a, "--format="):
+			format = strings.TrimPrefix(a, "--format=")
+		case strings.HasPrefix(a, "--"):
+			return errBadArgs
+		case file == "":
+			file = a
+		default:
+			return errBadArgs
+		}
+	}
+	if file == "" || reset && crash {
+		return errBadArgs
+	}
+	if !filepath.IsAbs(file) {
+		return errorf(ErrInvalid, "dump %s: %q is not an absolute path", dm.name, file)
+	}
+	dm.op.Lock()
+	defer dm.op.Unlock()
+	r, err := dm.activeRun("dump")
+	if err != nil {
+		return err
+	}
+	if err := d.dumpMemory(ctx, r, file, format); err != nil {
+		return err
+	}
+	switch {
+	case reset:
+		if err := r.qmp.SystemReset(); err != nil {
+			return errorf(ErrIO, "dump %s: the memory is in %s, but the reset failed: %w", dm.name, file, err)
+		}
+	case crash:
+		r.mu.Lock()
+		r.crashed = true
+		r.mu.Unlock()
+		return d.destroy(ctx, dm, ReasonCrashed)
+	}
+	return nil
+}
+
+// dumpMemory writes the guest's memory to file in format. qemufs opens the
+// file with its own rights and passes the descriptor to QEMU (getfd), so
+// QEMU, confined and maybe another user, need not reach the path.
+func (d *Driver) dumpMemory(ctx context.Context, r *run, file, format string) (err error) {
+	name := r.dm.name
+	var capab struct {
+		Formats []string `json:"formats"`
+	}
+	if err := r.mon.Execute(ctx, "query-dump-guest-memory-capability", nil, &capab); err != nil {
+		return errorf(ErrIO, "dump %s: %w", name, err)
+	}
+	if !contains(capab.Formats, format) {
+		return errorf(ErrInvalid, "dump %s: format %q is not supported by this QEMU; it has %s", name, format, strings.Join(capab.Formats, ", "))
+	}
+	var st dumpStatus
+	if err := r.mon.Execute(ctx, "query-dump", nil, &st); err == nil && st.Status == "active" {
+		return errorf(ErrBusy, "dump %s: another dump is in progress", name)
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		kind := ErrInvalid
+		if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
+			kind = ErrPerm
+		}
+		return errorf(kind, "dump %s: cannot write the dump file: %w", name, err)
+	}
+	defer func() {
+		if err != nil && !errors.Is(err, ErrInterrupted) {
+			os.Remove(file)
+		}
+	}()
+	var fst syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &fst); err != nil {
+		f.Close()
+		return errorf(ErrIO, "dump %s: %w", name, err)
+	}
+	fdname := fmt.Sprintf("qemufs-dump-%d", dumpSeq.Add(1))
+	err = r.mon.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": fdname}, nil, f)
+	f.Close()
+	if err != nil {
+		return errorf(ErrIO, "dump %s: passing the file to QEMU: %w", name, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, dumpTimeout)
+	defer cancel()
+	evs, err := r.mon.Events(wctx)
+	if err != nil {
+		return errorf(ErrIO, "dump %s: %w", name, err)
+	}
+	// QEMU stops a running guest while it dumps and resumes it after: the
+	// STOP it sends is a pause for dumping, as libvirt names it.
+	r.mu.Lock()
+	r.pauseReason = "dumping"
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		if r.pauseReason == "dumping" {
+			r.pauseReason = ""
+		}
+		r.mu.Unlock()
+	}()
+	d.appendLog(r.files.Log, "dumping guest memory (%s) to %s", format, file)
+	err = r.mon.Execute(ctx, "dump-guest-memory", map[string]any{
+		"paging": false, "protocol": "fd:" + fdname, "detach": true, "format": format,
+	}, nil)
+	if err != nil {
+		r.mon.Execute(context.Background(), "closefd", map[string]any{"fdname": fdname}, nil)
+		return errorf(ErrIO, "dump %s: %w", name, err)
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var failure string
+		select {
+		case ev, ok := <-evs:
+			if !ok {
+				if ctx.Err() != nil {
+					return errorf(ErrInterrupted, "dump %s: interrupted; QEMU goes on writing %s", name, file)
+				}
+				return errorf(ErrIO, "dump %s: not done after %s; QEMU may still be writing %s", name, dumpTimeout, file)
+			}
+			if ev.Event != "DUMP_COMPLETED" {
+				continue
+			}
+			if e, ok := ev.Data["error"].(string); ok {
+				failure = e
+			} else {
+				res, _ := json.Marshal(ev.Data["result"])
+				json.Unmarshal(res, &st)
+			}
+		case <-tick.C:
+			// The event is the signal; polling covers a lost one.
+			if err := r.mon.Execute(ctx, "query-dump", nil, &st); err != nil {
+				continue
+			}
+		case <-r.done:
+			return errorf(ErrIO, "dump %s: the domain stopped while dumping", name)
+		}
+		if failure == "" && st.Status == "failed" {
+			failure = "QEMU reports the dump failed"
+		}
+		if failure != "" {
+			d.appendLog(r.files.Log, "dump to %s failed: %s", file, failure)
+			return errorf(ErrIO, "dump %s: %s", name, failure)
+		}
+		if st.Status == "completed" {
+			// QEMU reports completion before its dump thread closes the
+			// file and resumes the guest; a dump started before that
+			// has its file closed by the previous dump's cleanup. The
+			// dump is done when QEMU no longer holds the file.
+			if !waitFileClosed(r.proc.Pid, fst.Dev, fst.Ino, 10*time.Second) {
+				d.appendLog(r.files.Log, "dump to %s: QEMU still holds the file after completing", file)
+			}
+			d.appendLog(r.files.Log, "guest memory dumped to %s (%d bytes)", file, st.Completed)
+			return nil
+		}
+	}
+}
+
+// waitFileClosed waits, bounded, until process pid has no descriptor open
+// on the file dev/ino; it reports whether that happened.
+func waitFileClosed(pid int, dev, ino uint64, timeout time.Duration) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	deadline := time.Now().Add(timeout)
+	for {
+		open := false
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return true // the process is gone
+		}
+		for _, e := range ents {
+			var st syscall.Stat_t
+			if syscall.Stat(filepath.Join(dir, e.Name()), &st) == nil && st.Dev == dev && st.Ino == ino {
+				open = true
+				break
+			}
+		}
+		if !open {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
