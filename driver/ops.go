@@ -176,7 +176,18 @@ func (d *Driver) startBalloon(ctx context.Context, r *run) error {
 // ---- setvcpus ----
 
 // vcpuUnplugTimeout bounds the wait for the guest to release a vCPU.
-var vcpuUnplugTimeout = 30 * time.Second
+const vcpuUnplugTimeout = 60 * time.Second
+
+// ostEjectStatus explains the ACPI _OST status codes a guest sends back
+// for an eject request (ACPI spec, _OST, source 3), apart from 0x84,
+// "ejection in progress".
+var ostEjectStatus = map[int]string{
+	0x01: "generic failure",
+	0x80: "the guest does not support ejecting it",
+	0x81: "the device is in use by an application in the guest",
+	0x82: "the device is busy in the guest",
+	0x83: "an ejection dependency is busy or not supported",
+}
 
 // hotpluggableCPU is one entry of query-hotpluggable-cpus.
 type hotpluggableCPU struct {
@@ -284,7 +295,16 @@ func (d *Driver) setLiveVCPUs(ctx context.Context, r *run, n int) error {
 			r.opsUpdateLive(func(l *domain.Domain) { l.SetVCPUs(len(cpus)) })
 		}
 	}()
+	// Device ids in use, also by devices that linger after an unplug.
 	used := map[string]bool{}
+	var peripherals []struct {
+		Name string `json:"name"`
+	}
+	if err := r.mon.Execute(ctx, "qom-list", map[string]any{"path": "/machine/peripheral"}, &peripherals); err == nil {
+		for _, p := range peripherals {
+			used[p.Name] = true
+		}
+	}
 	for _, p := range plugged {
 		used[filepath.Base(p.QOMPath)] = true
 	}
@@ -311,6 +331,11 @@ func (d *Driver) setLiveVCPUs(ctx context.Context, r *run, n int) error {
 		have++
 		d.appendLog(r.files.Log, "vCPU %s plugged (%s)", id, s.Type)
 	}
+	if have > n && tcgUnplugBroken(r) {
+		g := r.mon.Greeting()
+		return errorf(ErrInvalid, "setvcpus %s: unplugging a vCPU is refused for TCG guests on QEMU %d.%d: it corrupts QEMU's memory and QEMU crashes at the next command (seen with QEMU 7.2); the guest keeps %d vCPUs (lower the count with --config for the next start)",
+			name, g.Major, g.Minor, have)
+	}
 	for have > n {
 		s := plugged[have-1]
 		if err := d.unplugVCPU(ctx, r, s.QOMPath); err != nil {
@@ -321,8 +346,24 @@ func (d *Driver) setLiveVCPUs(ctx context.Context, r *run, n int) error {
 	return nil
 }
 
+// tcgUnplugBroken reports whether vCPU hot-unplug would break this QEMU:
+// under TCG, QEMU 7.2 removes the CPU and then fails with "corrupted
+// double-linked list" (malloc) at its next command, killing the guest. A
+// later QEMU, and KVM, are allowed to try.
+func tcgUnplugBroken(r *run) bool {
+	if r.def().Type() != "qemu" {
+		return false
+	}
+	g := r.mon.Greeting()
+	return g.Major < 8 || g.Major == 8 && g.Minor < 2
+}
+
 // unplugVCPU asks QEMU (and the guest, through ACPI) to remove the vCPU at
-// path and waits, bounded, until it is gone.
+// path and waits, bounded, until it is gone. QEMU 7.2 announces the
+// removal of a CPU only by DEVICE_DELETED for its children (its lapic) and
+// an ACPI_DEVICE_OST success, not for the CPU itself; so any of these
+// events, or a periodic check, makes qemufs look whether the CPU is still
+// in query-hotpluggable-cpus.
 func (d *Driver) unplugVCPU(ctx context.Context, r *run, path string) error {
 	name := r.dm.name
 	ectx, cancel := context.WithTimeout(ctx, vcpuUnplugTimeout)
@@ -338,23 +379,61 @@ func (d *Driver) unplugVCPU(ctx context.Context, r *run, path string) error {
 		}
 		return errorf(ErrIO, "setvcpus %s: unplug %s: %w", name, path, err)
 	}
+	gone := func() bool {
+		var slots []hotpluggableCPU
+		if err := r.mon.Execute(ctx, "query-hotpluggable-cpus", nil, &slots); err != nil {
+			return false
+		}
+		for _, s := range slots {
+			if s.QOMPath == path {
+				return false
+			}
+		}
+		return true
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+wait:
 	for {
+		check := false
 		select {
 		case ev, ok := <-evs:
 			if !ok {
+				if gone() {
+					break wait
+				}
 				if ctx.Err() != nil {
 					return errorf(ErrInterrupted, "setvcpus %s: interrupted while waiting for the guest to release vCPU %s; it may still do so", name, path)
 				}
 				return errorf(ErrBusy, "setvcpus %s: the guest did not release vCPU %s within %s (it must support CPU hot-unplug)", name, path, vcpuUnplugTimeout)
 			}
-			if ev.Event == "DEVICE_DELETED" && ev.Data["path"] == path {
-				d.appendLog(r.files.Log, "vCPU %s unplugged", path)
-				return nil
+			switch ev.Event {
+			case "ACPI_DEVICE_OST":
+				// The guest's answer to the eject request: a
+				// refusal ends the wait at once.
+				info, _ := ev.Data["info"].(map[string]any)
+				src, _ := info["source"].(float64)
+				code, _ := info["status"].(float64)
+				dev, _ := info["device"].(string)
+				if why, refused := ostEjectStatus[int(code)]; refused && src == 3 && (dev == "" || "/machine/peripheral/"+dev == path) {
+					return errorf(ErrBusy, "setvcpus %s: the guest refused to release vCPU %s: %s (ACPI _OST status %#x)", name, path, why, int(code))
+				}
+				check = src == 3 && code == 0
+			case "DEVICE_DELETED":
+				p, _ := ev.Data["path"].(string)
+				check = p == path || strings.HasPrefix(p, path+"/")
 			}
+		case <-tick.C:
+			check = true
 		case <-r.done:
 			return errorf(ErrIO, "setvcpus %s: the domain stopped", name)
 		}
+		if check && gone() {
+			break wait
+		}
 	}
+	d.appendLog(r.files.Log, "vCPU %s unplugged", path)
+	return nil
 }
 
 // ---- send-key ----
@@ -513,7 +592,9 @@ func (d *Driver) dumpMemory(ctx context.Context, r *run, file, format string) (e
 		if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EROFS) {
 			kind = ErrPerm
 		}
-		return errorf(kind, "dump %s: cannot write the dump file: %w", name, err)
+		// %v: the kind gives the errno (EINVAL, EACCES), not the
+		// open's ENOENT, which would read as "no such ctl file".
+		return errorf(kind, "dump %s: cannot write the dump file: %v", name, err)
 	}
 	defer func() {
 		if err != nil && !errors.Is(err, ErrInterrupted) {

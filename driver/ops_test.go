@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // opsXML is a domain with one of two vCPUs online, 48 of 64 MiB through the
@@ -227,17 +226,12 @@ func TestOpsSetvcpus(t *testing.T) {
 		t.Errorf("setvcpus to the current count: %v", err)
 	}
 	// No guest OS runs to honour the ACPI eject: the unplug times out.
-	vcpuUnplugTimeout = 2 * time.Second
-	defer func() { vcpuUnplugTimeout = 30 * time.Second }()
-	// Without a guest whose ACPI switched QEMU to the modern CPU hotplug
-	// interface, QEMU refuses at once; with one that ignores the eject,
-	// the wait times out. Either way the vCPU stays.
-	err := d.Control(ctx, "a", "setvcpus 1")
-	if !(errors.Is(err, ErrInvalid) && strings.Contains(err.Error(), "cannot unplug")) && !(errors.Is(err, ErrBusy) && strings.Contains(err.Error(), "did not release")) {
-		t.Errorf("unplug without a guest: %v", err)
+	// Unplug under TCG on QEMU 7.2 corrupts QEMU's heap: refused.
+	if err := d.Control(ctx, "a", "setvcpus 1"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "TCG") {
+		t.Errorf("unplug under TCG: %v", err)
 	}
 	if m := statsMap(t, d, "a"); m["vcpu.current"] != "2" {
-		t.Errorf("after a failed unplug: vcpu.current=%s", m["vcpu.current"])
+		t.Errorf("after a refused unplug: vcpu.current=%s", m["vcpu.current"])
 	}
 	// The definition.
 	if err := d.Control(ctx, "a", "setvcpus 2 --config"); err != nil {
