@@ -551,8 +551,23 @@ func cmdDump(ctx context.Context, d *Driver, dm *dom, args []string) error {
 	if err != nil {
 		return err
 	}
+	dm.mu.Lock()
+	wasRunning := dm.state == StateRunning
+	dm.mu.Unlock()
 	if err := d.dumpMemory(ctx, r, file, format); err != nil {
 		return err
+	}
+	if wasRunning {
+		// QEMU resumes the guest right after closing the file; its
+		// RESUME event brings the state back to running.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			dm.mu.Lock()
+			st := dm.state
+			dm.mu.Unlock()
+			if st != StatePaused {
+				break
+			}
+		}
 	}
 	switch {
 	case reset:

@@ -140,7 +140,9 @@ func TestOps(t *testing.T) {
 		t.Errorf("dump owned by uid %d, want qemufs's 0", s.Uid)
 	}
 	t.Logf("dump: %d bytes", fi.Size())
-	m.WaitState("g", "running (unpaused)", boot)
+	if got := m.State("g"); got != "running (unpaused)" {
+		t.Errorf("state after dumping a running guest: %s", got)
+	}
 	if err := m.Ctl("g", "dump relative.core"); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("dump to a relative path: %v", err)
 	}
