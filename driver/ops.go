@@ -545,8 +545,17 @@ func cmdDump(ctx context.Context, d *Driver, dm *dom, args []string) error {
 	if !filepath.IsAbs(file) {
 		return errorf(ErrInvalid, "dump %s: %q is not an absolute path", dm.name, file)
 	}
+	// The domain's lock is held to start the dump, not while QEMU writes
+	// it: a long dump must not keep destroy (or stats) waiting.
 	dm.op.Lock()
-	defer dm.op.Unlock()
+	locked := true
+	unlock := func() {
+		if locked {
+			locked = false
+			dm.op.Unlock()
+		}
+	}
+	defer unlock()
 	r, err := dm.activeRun("dump")
 	if err != nil {
 		return err
@@ -554,7 +563,7 @@ func cmdDump(ctx context.Context, d *Driver, dm *dom, args []string) error {
 	dm.mu.Lock()
 	wasRunning := dm.state == StateRunning
 	dm.mu.Unlock()
-	if err := d.dumpMemory(ctx, r, file, format); err != nil {
+	if err := d.dumpMemory(ctx, r, file, format, unlock); err != nil {
 		return err
 	}
 	if wasRunning {
@@ -568,6 +577,14 @@ func cmdDump(ctx context.Context, d *Driver, dm *dom, args []string) error {
 				break
 			}
 		}
+	}
+	if !reset && !crash {
+		return nil
+	}
+	dm.op.Lock()
+	locked = true
+	if cur, _ := dm.activeRun("dump"); cur != r {
+		return errorf(ErrBusy, "dump %s: the memory is in %s, but the domain stopped before the %s", dm.name, file, map[bool]string{true: "reset", false: "crash"}[reset])
 	}
 	switch {
 	case reset:
@@ -585,8 +602,9 @@ func cmdDump(ctx context.Context, d *Driver, dm *dom, args []string) error {
 
 // dumpMemory writes the guest's memory to file in format. qemufs opens the
 // file with its own rights and passes the descriptor to QEMU (getfd), so
-// QEMU, confined and maybe another user, need not reach the path.
-func (d *Driver) dumpMemory(ctx context.Context, r *run, file, format string) (err error) {
+// QEMU, confined and maybe another user, need not reach the path. It calls
+// started once QEMU has taken the dump on, then waits for its end.
+func (d *Driver) dumpMemory(ctx context.Context, r *run, file, format string, started func()) (err error) {
 	name := r.dm.name
 	var capab struct {
 		Formats []string `json:"formats"`
@@ -653,6 +671,7 @@ func (d *Driver) dumpMemory(ctx context.Context, r *run, file, format string) (e
 		r.mon.Execute(context.Background(), "closefd", map[string]any{"fdname": fdname}, nil)
 		return errorf(ErrIO, "dump %s: %w", name, err)
 	}
+	started()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
