@@ -73,3 +73,13 @@ func ParseScaledKiB(s string) (uint64, error) {
 	}
 	return (b + 1023) / 1024, nil
 }
+
+// InterfaceTargets returns each <interface>'s host device name
+// (target/@dev), in the order of Interfaces; "" where there is none.
+func (d *Domain) InterfaceTargets() []string {
+	var out []string
+	for _, e := range children(child(d.root, "devices"), "interface") {
+		out = append(out, attr(child(e, "target"), "dev"))
+	}
+	return out
+}

@@ -730,6 +730,11 @@ func waitFileClosed(pid int, dev, ino uint64, timeout time.Duration) bool {
 	for {
 		open := false
 		ents, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrPermission) {
+			// A QEMU we may not inspect: give its cleanup a moment.
+			time.Sleep(200 * time.Millisecond)
+			return false
+		}
 		if err != nil {
 			return true // the process is gone
 		}
