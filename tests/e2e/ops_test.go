@@ -28,8 +28,13 @@ func TestOps(t *testing.T) {
 	}
 	xml := harness.GuestXML(t, "g", guest.ActionNone, `    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='`+disk+`'/><target dev='vda' bus='virtio'/></disk>
     <interface type='user'><model type='virtio'/></interface>`)
-	xml = strings.Replace(xml, "<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>", 1)
+	xml = strings.Replace(xml, "<vcpu>1</vcpu>", "<currentMemory unit='MiB'>160</currentMemory>\n  <vcpu current='1'>2</vcpu>", 1)
 	m.Boot("g", xml)
+
+	// The start set the balloon to <currentMemory>.
+	if _, err := m.WaitStat("g", 2*time.Minute, func(s map[string]string) bool { return s["balloon.current"] == "163840" }); err != nil {
+		t.Error(err)
+	}
 
 	st := m.Stats("g")
 	if st["state.state"] != "1" || st["state.reason"] != "1" || st["state.state.name"] != "running" {
@@ -66,6 +71,10 @@ func TestOps(t *testing.T) {
 	}
 	if err := m.Ctl("g", "setmem 1G"); !errors.Is(err, syscall.EINVAL) || !strings.Contains(m.ErrorOf("g"), "maximum memory") {
 		t.Errorf("setmem beyond <memory>: %v", err)
+	}
+	m.MustCtl("g", "setmem 150MiB --config")
+	if cfg := m.Read("g", "config.xml"); !strings.Contains(cfg, ">153600</currentMemory>") {
+		t.Errorf("config.xml after setmem --config:\n%s", cfg)
 	}
 
 	// A second vCPU, plugged and brought online by the guest.
