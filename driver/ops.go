@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,15 +29,14 @@ func init() {
 	registerCommand("dump FILE [--memory-only] [--format=elf|kdump-zlib|kdump-lzo|kdump-snappy|win-dmp] [--live] [--reset] [--crash]", cmdDump)
 }
 
-// scope is where a change applies, as virsh's --live/--config/--current.
-type scope struct{ live, config bool }
+// opsScope is where a change applies, as virsh's --live/--config/--current.
+type opsScope struct{ live, config bool }
 
-// parseScope takes --live, --config and --current out of args. Without any
-// (or with --current) the change applies to the running guest when there
-// is one, else to the definition. extra flags the caller understands are
-// returned with the positional arguments.
-func parseScope(args []string, active bool, extra ...string) (scope, []string, error) {
-	var s scope
+// parseOpsScope takes --live, --config and --current out of args and
+// returns the other arguments. Without any (or with --current) the change
+// applies to the running guest when there is one, else to the definition.
+func parseOpsScope(args []string, active bool) (opsScope, []string, error) {
+	var s opsScope
 	var current bool
 	var rest []string
 	for _, a := range args {
@@ -117,7 +117,7 @@ func cmdSetmem(ctx context.Context, d *Driver, dm *dom, args []string) error {
 	if def == nil {
 		return errorf(ErrInvalid, "setmem %s: the domain is not defined", dm.name)
 	}
-	sc, rest, err := parseScope(args, r != nil)
+	sc, rest, err := parseOpsScope(args, r != nil)
 	if err != nil || len(rest) != 1 {
 		return errBadArgs
 	}
@@ -133,7 +133,7 @@ func cmdSetmem(ctx context.Context, d *Driver, dm *dom, args []string) error {
 			return errorf(ErrBusy, "setmem %s: --live: the domain is not running", dm.name)
 		}
 		live := r.def()
-		if !hasBalloon(live) {
+		if !liveHasBalloon(live) {
 			return errorf(ErrNoDevice, "setmem %s: the running guest has no memory balloon (add <memballoon model='virtio'/> and restart it)", dm.name)
 		}
 		if max := live.MemoryKiB(); kib > max {
@@ -164,7 +164,7 @@ func cmdSetmem(ctx context.Context, d *Driver, dm *dom, args []string) error {
 func (d *Driver) startBalloon(ctx context.Context, r *run) error {
 	live := r.live
 	cur, max := live.CurrentMemoryKiB(), live.MemoryKiB()
-	if !hasBalloon(live) || cur == 0 || cur >= max {
+	if !liveHasBalloon(live) || cur == 0 || cur >= max {
 		return nil
 	}
 	if err := r.mon.Execute(ctx, "balloon", map[string]any{"value": cur << 10}, nil); err != nil {
@@ -216,7 +216,7 @@ func cmdSetvcpus(ctx context.Context, d *Driver, dm *dom, args []string) error {
 	if def == nil {
 		return errorf(ErrInvalid, "setvcpus %s: the domain is not defined", dm.name)
 	}
-	sc, rest, err := parseScope(args, r != nil)
+	sc, rest, err := parseOpsScope(args, r != nil)
 	if err != nil {
 		return errBadArgs
 	}
@@ -291,7 +291,7 @@ func (d *Driver) setLiveVCPUs(ctx context.Context, r *run, n int) error {
 	sort.Slice(free, func(i, j int) bool { return cpuLess(free[i], free[j]) })
 	have := len(plugged)
 	defer func() {
-		if cpus, err := r.queryCPUs(ctx); err == nil {
+		if cpus, err := r.statsQueryCPUs(ctx); err == nil {
 			r.opsUpdateLive(func(l *domain.Domain) { l.SetVCPUs(len(cpus)) })
 		}
 	}()
@@ -453,7 +453,7 @@ func cmdSendKey(ctx context.Context, d *Driver, dm *dom, args []string) error {
 				val = args[i]
 			}
 			if opt == "--codeset" {
-				if !contains(sendKeyCodesets, val) {
+				if !slices.Contains(sendKeyCodesets, val) {
 					return errorf(ErrInvalid, "send-key %s: codeset %q is not supported; use one of %s", dm.name, val, strings.Join(sendKeyCodesets, ", "))
 				}
 				codeset = val
@@ -488,15 +488,6 @@ func cmdSendKey(ctx context.Context, d *Driver, dm *dom, args []string) error {
 		}
 		return r.mon.Execute(ctx, "send-key", a, nil)
 	})
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // ---- dump ----
@@ -612,7 +603,7 @@ func (d *Driver) dumpMemory(ctx context.Context, r *run, file, format string, st
 	if err := r.mon.Execute(ctx, "query-dump-guest-memory-capability", nil, &capab); err != nil {
 		return errorf(ErrIO, "dump %s: %w", name, err)
 	}
-	if !contains(capab.Formats, format) {
+	if !slices.Contains(capab.Formats, format) {
 		return errorf(ErrInvalid, "dump %s: format %q is not supported by this QEMU; it has %s", name, format, strings.Join(capab.Formats, ", "))
 	}
 	var st dumpStatus

@@ -249,8 +249,8 @@ func parseVmRSS(data []byte) (uint64, error) {
 	return 0, fmt.Errorf("no VmRSS line")
 }
 
-// hasBalloon reports whether the live definition has a working balloon.
-func hasBalloon(live *domain.Domain) bool {
+// liveHasBalloon reports whether the live definition has a working balloon.
+func liveHasBalloon(live *domain.Domain) bool {
 	m := live.MemBalloon().Model
 	return m != "" && m != "none"
 }
@@ -260,7 +260,7 @@ func hasBalloon(live *domain.Domain) bool {
 // (<memory>) and balloon.rss (QEMU's resident memory).
 func (r *run) balloonStats(ctx context.Context, l *statsList, pid int, live *domain.Domain) error {
 	cur := live.CurrentMemoryKiB()
-	if hasBalloon(live) {
+	if liveHasBalloon(live) {
 		var b struct {
 			Actual uint64 `json:"actual"`
 		}
@@ -279,15 +279,15 @@ func (r *run) balloonStats(ctx context.Context, l *statsList, pid int, live *dom
 	return nil
 }
 
-// cpuInfo is one entry of query-cpus-fast.
-type cpuInfo struct {
+// statsCPU is one entry of query-cpus-fast.
+type statsCPU struct {
 	Index  int `json:"cpu-index"`
 	Thread int `json:"thread-id"`
 }
 
-// queryCPUs returns the vCPUs QEMU runs, by index.
-func (r *run) queryCPUs(ctx context.Context) ([]cpuInfo, error) {
-	var cpus []cpuInfo
+// statsQueryCPUs returns the vCPUs QEMU runs, by index.
+func (r *run) statsQueryCPUs(ctx context.Context) ([]statsCPU, error) {
+	var cpus []statsCPU
 	if err := r.mon.Execute(ctx, "query-cpus-fast", nil, &cpus); err != nil {
 		return nil, err
 	}
@@ -299,7 +299,7 @@ func (r *run) queryCPUs(ctx context.Context) ([]cpuInfo, error) {
 // index), state (1: running, libvirt's VIR_VCPU_RUNNING), time (the
 // thread's CPU time) and wait (its time waiting for a host CPU).
 func (r *run) vcpuStats(ctx context.Context, l *statsList, pid int, live *domain.Domain) error {
-	cpus, err := r.queryCPUs(ctx)
+	cpus, err := r.statsQueryCPUs(ctx)
 	if err != nil {
 		return fmt.Errorf("vcpu: %w", err)
 	}
@@ -321,8 +321,8 @@ func (r *run) vcpuStats(ctx context.Context, l *statsList, pid int, live *domain
 	return nil
 }
 
-// blockInfo is one entry of query-block.
-type blockInfo struct {
+// statsBlockInfo is one entry of query-block.
+type statsBlockInfo struct {
 	Device   string `json:"device"`
 	QDev     string `json:"qdev"`
 	Inserted *struct {
@@ -334,8 +334,8 @@ type blockInfo struct {
 	} `json:"inserted"`
 }
 
-// blockStat is one entry of query-blockstats.
-type blockStat struct {
+// statsBlockStat is one entry of query-blockstats.
+type statsBlockStat struct {
 	Device string `json:"device"`
 	QDev   string `json:"qdev"`
 	Stats  struct {
@@ -367,8 +367,8 @@ func qdevIs(qdev, id string) bool {
 // capacity (the guest-visible size) and physical (what the image uses on
 // the host).
 func (r *run) blockStats(ctx context.Context, l *statsList, live *domain.Domain) error {
-	var info []blockInfo
-	var stats []blockStat
+	var info []statsBlockInfo
+	var stats []statsBlockStat
 	if err := r.mon.Execute(ctx, "query-block", nil, &info); err != nil {
 		return fmt.Errorf("block: %w", err)
 	}
@@ -381,12 +381,12 @@ func (r *run) blockStats(ctx context.Context, l *statsList, live *domain.Domain)
 
 // writeBlockStats matches the definition's disks to QEMU's entries by
 // device id (the disk's alias) and writes their lines.
-func writeBlockStats(l *statsList, disks []domain.Disk, info []blockInfo, stats []blockStat) {
+func writeBlockStats(l *statsList, disks []domain.Disk, info []statsBlockInfo, stats []statsBlockStat) {
 	l.add("block.count", len(disks))
 	for i, dk := range disks {
 		p := fmt.Sprintf("block.%d.", i)
 		l.add(p+"name", dk.Target)
-		var bi *blockInfo
+		var bi *statsBlockInfo
 		for j := range info {
 			if qdevIs(info[j].QDev, dk.Alias) || info[j].Device != "" && info[j].Device == "drive-"+dk.Alias {
 				bi = &info[j]

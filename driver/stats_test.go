@@ -118,8 +118,8 @@ func TestWriteBlockStats(t *testing.T) {
 	          {"device":"","qdev":"ide0-1-0","removable":true}]`
 	stats := `[{"device":"","qdev":"ide0-1-0","stats":{"rd_bytes":0}},
 	           {"device":"","qdev":"/machine/peripheral/virtio-disk0/virtio-backend","stats":{"rd_bytes":4096,"wr_bytes":512,"rd_operations":3,"wr_operations":1,"flush_operations":2,"rd_total_time_ns":10,"wr_total_time_ns":20,"flush_total_time_ns":30,"wr_highest_offset":8192}}]`
-	var bi []blockInfo
-	var bs []blockStat
+	var bi []statsBlockInfo
+	var bs []statsBlockStat
 	if err := json.Unmarshal([]byte(info), &bi); err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestParseScope(t *testing.T) {
 		{[]string{"--maximum", "5"}, true, true, false, "--maximum 5", false},
 	}
 	for _, tt := range tests {
-		s, rest, err := parseScope(tt.args, tt.active)
+		s, rest, err := parseOpsScope(tt.args, tt.active)
 		if tt.bad {
 			if err == nil {
 				t.Errorf("%v: no error", tt.args)
