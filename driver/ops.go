@@ -402,8 +402,11 @@ wait:
 				if gone() {
 					break wait
 				}
-				if ctx.Err() != nil {
+				switch {
+				case ctx.Err() != nil:
 					return errorf(ErrInterrupted, "setvcpus %s: interrupted while waiting for the guest to release vCPU %s; it may still do so", name, path)
+				case ectx.Err() == nil:
+					return errorf(ErrIO, "setvcpus %s: the domain stopped", name)
 				}
 				return errorf(ErrBusy, "setvcpus %s: the guest did not release vCPU %s within %s (it must support CPU hot-unplug)", name, path, vcpuUnplugTimeout)
 			}
@@ -670,10 +673,14 @@ func (d *Driver) dumpMemory(ctx context.Context, r *run, file, format string, st
 		select {
 		case ev, ok := <-evs:
 			if !ok {
-				if ctx.Err() != nil {
+				switch {
+				case ctx.Err() != nil:
 					return errorf(ErrInterrupted, "dump %s: interrupted; QEMU goes on writing %s", name, file)
+				case wctx.Err() != nil:
+					return errorf(ErrIO, "dump %s: not done after %s; QEMU may still be writing %s", name, dumpTimeout, file)
 				}
-				return errorf(ErrIO, "dump %s: not done after %s; QEMU may still be writing %s", name, dumpTimeout, file)
+				// The monitor connection ended: QEMU is gone.
+				return errorf(ErrIO, "dump %s: the domain stopped while dumping", name)
 			}
 			if ev.Event != "DUMP_COMPLETED" {
 				continue

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -389,5 +390,51 @@ func TestOpsStatsTap(t *testing.T) {
 	}
 	if got := statUint(t, m, "net.1.tx.bytes"); got > c.txBytes {
 		t.Errorf("net.1.tx.bytes %d is more than the tap's tx_bytes %d read later", got, c.txBytes)
+	}
+}
+
+// TestOpsDumpDestroy: a running dump does not hold the domain's lock, so
+// destroy ends the guest at once; the dump then fails and leaves no file.
+func TestOpsDumpDestroy(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	d.Create("a")
+	big := strings.Replace(minimalXML("a"), "<memory unit='MiB'>64</memory>", "<memory unit='MiB'>1024</memory>", 1)
+	if err := d.Define("a", []byte(big)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Control(ctx, "a", "start --paused"); err != nil {
+		t.Fatal(err)
+	}
+	core := filepath.Join(t.TempDir(), "core")
+	done := make(chan error, 1)
+	go func() { done <- d.Control(ctx, "a", "dump "+core) }()
+	// Wait until QEMU writes, then destroy.
+	for {
+		if fi, err := os.Stat(core); err == nil && fi.Size() > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Skipf("the dump ended (%v) before it could be interrupted", err)
+		default:
+		}
+		runtime.Gosched()
+	}
+	if err := d.Control(ctx, "a", "destroy"); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	if err == nil {
+		t.Skip("the dump completed before destroy")
+	}
+	if !errors.Is(err, ErrIO) || !strings.Contains(err.Error(), "stopped") {
+		t.Errorf("dump ended by destroy: %v", err)
+	}
+	if _, err := os.Stat(core); err == nil {
+		t.Error("the partial dump was left behind")
+	}
+	if got, _ := d.StateLine("a"); got != "shut off (destroyed)" {
+		t.Errorf("state %s", got)
 	}
 }
