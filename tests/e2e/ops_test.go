@@ -82,8 +82,11 @@ func TestOps(t *testing.T) {
 	if st := m.Stats("g"); st["vcpu.current"] != "2" {
 		t.Errorf("vcpu.current after setvcpus 2: %v", st)
 	}
-	out, err := m.Shell("g", "echo 1 > /sys/devices/system/cpu/cpu1/online; echo CPUS-$(cat /sys/devices/system/cpu/online)-$((1+1))", "-2", time.Minute)
-	if err != nil || !strings.Contains(out, "CPUS-0-1-2") {
+	// The guest learns of the CPU from an ACPI event it handles in its
+	// own time: wait (bounded) for it to appear before onlining it.
+	out, err := m.Shell("g", "i=0; while [ ! -e /sys/devices/system/cpu/cpu1/online ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; "+
+		"echo 1 > /sys/devices/system/cpu/cpu1/online; echo CPUS-$(cat /sys/devices/system/cpu/online)-$((40+2))END", "-42END", 2*time.Minute)
+	if err != nil || !strings.Contains(out, "CPUS-0-1-42END") {
 		t.Errorf("guest CPUs after setvcpus 2: %v %q", err, out)
 	}
 	if err := m.Ctl("g", "setvcpus 3"); !errors.Is(err, syscall.EINVAL) {
