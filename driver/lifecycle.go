@@ -394,6 +394,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		}
 		booted = ReasonRestored
 	}
+	if err := d.startBalloon(ctx, r); err != nil {
+		return err
+	}
 
 	dm.mu.Lock()
 	dm.run = r

@@ -70,6 +70,15 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		}
 		return b, err
 	}), nil)
+	add(in, "stats", 0o444, snapshot(func(ctx context.Context) ([]byte, error) {
+		ctx, cancel := userInterrupts(ctx)
+		defer cancel()
+		b, err := d.Stats(ctx, name)
+		if err != nil {
+			d.RecordError(name, err.Error())
+		}
+		return b, err
+	}), nil)
 	add(in, "events", 0o440, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 		rd, err := d.Events(name)
 		if err != nil {

@@ -500,8 +500,9 @@ func (r *reply) qemuError() error {
 }
 
 // roundTrip sends one command built by build (which appends the command,
-// carrying the given wire id, to buf) and waits for its reply.
-func (c *Conn) roundTrip(ctx context.Context, build func(buf []byte, id uint64) []byte) (*reply, error) {
+// carrying the given wire id, to buf) and waits for its reply. Non-nil oob
+// is ancillary data (SCM_RIGHTS) sent with the command's bytes.
+func (c *Conn) roundTrip(ctx context.Context, build func(buf []byte, id uint64) []byte, oob []byte) (*reply, error) {
 	if _, ok := ctx.Deadline(); !ok && c.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
@@ -539,7 +540,7 @@ func (c *Conn) roundTrip(ctx context.Context, build func(buf []byte, id uint64) 
 
 	dl, _ := ctx.Deadline()
 	c.nc.SetWriteDeadline(dl)
-	n, err := c.nc.Write(line)
+	n, err := c.write(line, oob)
 	<-c.wsem
 	if err != nil {
 		c.mu.Lock()
@@ -594,6 +595,10 @@ func (c *Conn) stopWith(err error) {
 // decodes the "return" value into result (nil to ignore it). An error reply
 // from QEMU is returned as an *Error wrapped with the command name.
 func (c *Conn) Execute(ctx context.Context, command string, args any, result any) error {
+	return c.execute(ctx, command, args, result, nil)
+}
+
+func (c *Conn) execute(ctx context.Context, command string, args any, result any, oob []byte) error {
 	if command == "qmp_capabilities" {
 		return fmt.Errorf("%s: %w", command, errAlreadyNegotiated)
 	}
@@ -617,7 +622,7 @@ func (c *Conn) Execute(ctx context.Context, command string, args any, result any
 		b = append(b, `,"id":`...)
 		b = strconv.AppendUint(b, id, 10)
 		return append(b, "}\n"...)
-	})
+	}, oob)
 	if err != nil {
 		return fmt.Errorf("%s: %w", command, err)
 	}

@@ -32,7 +32,7 @@ func (c *Conn) RunRaw(ctx context.Context, cmd []byte) ([]byte, error) {
 	if u.execute == "qmp_capabilities" {
 		return errorReply(u.id, u.hasID, errAlreadyNegotiated), nil
 	}
-	r, err := c.roundTrip(ctx, u.wire)
+	r, err := c.roundTrip(ctx, u.wire, nil)
 	if err != nil {
 		return nil, err
 	}
