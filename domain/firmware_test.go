@@ -119,7 +119,7 @@ func TestFirmwareSelection(t *testing.T) {
 		{name: "q35 smm off", machine: "pc-q35-7.2", extra: "<features><smm state='off'/></features>", loaderPath: plain, template: vars},
 		{name: "loader secure=no", machine: "pc-q35-7.2", loader: "<loader secure='no'/>", loaderPath: plain, template: vars},
 		{name: "loader secure=yes", machine: "pc-q35-7.2", loader: "<loader secure='yes'/>", loaderPath: enrolled, template: msVars, secureLoader: true, smm: true},
-		{name: "sev needs amd-sev", machine: "pc-q35-7.2", extra: "<launchSecurity type='sev'/>", loaderPath: enrolled, template: msVars, secureLoader: true, smm: true},
+		{name: "sev needs amd-sev", machine: "pc-q35-7.2", extra: "<launchSecurity type='sev'><policy>0x0003</policy></launchSecurity>", loaderPath: enrolled, template: msVars, secureLoader: true, smm: true},
 		{name: "loader path fills the template", machine: "pc-q35-7.2",
 			loader: "<loader readonly='yes' secure='yes' type='pflash'>" + secure + "</loader>", extra: "<features><smm state='on'/></features>",
 			loaderPath: secure, template: vars, secureLoader: true, smm: true},
@@ -146,7 +146,11 @@ func TestFirmwareSelection(t *testing.T) {
 			if arch == "" {
 				arch = "x86_64"
 			}
-			d, err := Parse([]byte(`<domain type='qemu'><name>fw</name><memory>65536</memory><os firmware='efi'><type arch='` + arch +
+			virt := "qemu"
+			if strings.Contains(c.extra, "<launchSecurity") {
+				virt = "kvm" // only a hardware accelerator protects guest memory
+			}
+			d, err := Parse([]byte(`<domain type='` + virt + `'><name>fw</name><memory>65536</memory><os firmware='efi'><type arch='` + arch +
 				`' machine='` + c.machine + `'>hvm</type>` + wrapFirmware(c.firmware) + c.loader + `</os>` + c.extra + `</domain>`))
 			if err != nil {
 				t.Fatal(err)
