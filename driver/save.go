@@ -416,6 +416,7 @@ func (d *Driver) loadIncoming(ctx context.Context, r *run, in *incoming) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, loadTimeout)
 	defer cancel()
+	t0 := time.Now()
 	if err := r.mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": fmt.Sprintf("fd:%d", in.fd)}, nil); err != nil {
 		return rejected(err)
 	}
@@ -426,6 +427,7 @@ func (d *Driver) loadIncoming(ctx context.Context, r *run, in *incoming) error {
 		}
 		switch mi.Status {
 		case "completed":
+			r.d.appendLog(r.files.Log, "guest state loaded from %s in %s", in.img.path, time.Since(t0).Round(time.Millisecond))
 			return nil
 		case "failed", "cancelled":
 			return rejected(fmt.Errorf("migration %s: %s", mi.Status, mi.ErrorDesc))
