@@ -141,6 +141,11 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 	name := dm.name
 	dm.op.Lock()
 	defer dm.op.Unlock()
+	defer func() {
+		if err != nil && ctx.Err() != nil && !errors.Is(err, ErrInterrupted) {
+			err = errorf(ErrInterrupted, "save %s: interrupted; the save was cancelled (%v)", name, err)
+		}
+	}()
 	r, err := dm.activeRun("save")
 	if err != nil {
 		return err
