@@ -67,7 +67,8 @@ func (q *qmpClient) run(cmd []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if bytes.HasPrefix(line, []byte(`{"event"`)) {
+		// QEMU writes events as {"timestamp": ..., "event": ...}.
+		if bytes.HasPrefix(line, []byte(`{"event"`)) || bytes.HasPrefix(line, []byte(`{"timestamp"`)) {
 			continue
 		}
 		if bytes.Contains(line, []byte(`"error"`)) {

@@ -320,6 +320,14 @@ func TestSaveFailures(t *testing.T) {
 		t.Errorf("save over a device: %v", err)
 	}
 
+	// An interrupted save is cancelled and the guest runs on.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := d.Control(ctx, "a", "save "+t.TempDir()+"/x.img"); !errors.Is(err, ErrInterrupted) {
+		t.Errorf("interrupted save: %v, want EINTR", err)
+	}
+	mustState(t, d, "a", "running (save canceled)")
+
 	// A full file system: a small tmpfs.
 	full := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", full).CombinedOutput(); err != nil {
