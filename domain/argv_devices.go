@@ -301,9 +301,14 @@ func sortedNICs() []string {
 // network and a hostfwd rule per forwarded port of its <portForward>s.
 // libvirt forwards ports only with the passt backend; slirp's hostfwd does
 // the same for TCP and UDP, so both backends honour them here.
-func userNetdev(n *etree.Element) (jobj, error) {
+func userNetdev(n *etree.Element, a NetAttachment) (jobj, error) {
+	if a.PasstFD > 0 {
+		// passt runs beside QEMU (the driver started it, with the
+		// port forwards); QEMU talks to it over a socket it inherits.
+		return obj("type", "stream", "addr", obj("type", "fd", "str", strconv.Itoa(a.PasstFD)), "server", false), nil
+	}
 	if be := attr(child(n, "backend"), "type"); be == "passt" {
-		return nil, unsupportedAt(child(n, "backend"), "the passt backend is not supported by qemufs yet; leave <backend> out for user-mode networking by QEMU itself (slirp), which honours <portForward> too")
+		return nil, unsupportedAt(child(n, "backend"), "the passt backend needs passt (Debian package passt), which qemufs starts beside QEMU; leave <backend> out for QEMU's own user-mode networking (slirp), which honours <portForward> too")
 	}
 	nd := obj("type", "user")
 	for _, ip := range children(n, "ip") {
@@ -394,7 +399,7 @@ func (b *builder) nets() error {
 		switch typ {
 		case "user":
 			var err error
-			if nd, err = userNetdev(n); err != nil {
+			if nd, err = userNetdev(n, b.opts.NetAttach[id]); err != nil {
 				return err
 			}
 		case "ethernet":
@@ -413,9 +418,9 @@ func (b *builder) nets() error {
 			switch {
 			case ok && a.TapFD > 0:
 				nd = obj("type", "tap", "fd", strconv.Itoa(a.TapFD))
-			case ok && a.User && typ == "network":
+			case ok && (a.User || a.PasstFD > 0) && typ == "network":
 				var err error
-				if nd, err = userNetdev(n); err != nil {
+				if nd, err = userNetdev(n, b.opts.NetAttach[id]); err != nil {
 					return err
 				}
 			default:

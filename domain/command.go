@@ -77,6 +77,10 @@ type NetAttachment struct {
 	// User connects a type='network' interface to user-mode networking,
 	// as a session instance does (it has no host networks).
 	User bool
+	// PasstFD, when > 0, is a socket to a passt process the driver
+	// started for a user-mode interface (backend passt, or type='network'
+	// in a session where passt is installed); QEMU inherits it as this fd.
+	PasstFD int
 }
 
 // Command is a QEMU command line: run Path with Args in the environment Env

@@ -213,6 +213,25 @@ type Interface struct {
 	TargetDev string
 	// Unmanaged is <target managed='no'>: the tap exists already.
 	Unmanaged bool
+	// Backend is <backend type=...> of a user-mode interface ("" is QEMU's
+	// own, slirp; "passt").
+	Backend string
+	// PortForwards are the <portForward>s of a user-mode interface.
+	PortForwards []PortForward
+}
+
+// PortForward is one <portForward>: host ports of Proto on Address (all
+// addresses when "") forwarded to the guest.
+type PortForward struct {
+	Proto, Address string
+	Ranges         []PortRange
+}
+
+// PortRange is a <portForward><range>: host ports Start..End (End 0: just
+// Start) to guest ports from To (0: the same), or excluded from the others.
+type PortRange struct {
+	Start, End, To uint16
+	Exclude        bool
 }
 
 // Interfaces returns the network interfaces.
@@ -227,9 +246,28 @@ func (d *Domain) Interfaces() []Interface {
 			Source: attr(src, "network") + attr(src, "bridge") + attr(src, "dev") + attr(src, "path"),
 			Alias:  attr(child(e, "alias"), "name"),
 
-			TargetDev: attr(child(e, "target"), "dev"),
-			Unmanaged: attr(child(e, "target"), "managed") == "no",
+			TargetDev:    attr(child(e, "target"), "dev"),
+			Unmanaged:    attr(child(e, "target"), "managed") == "no",
+			Backend:      attr(child(e, "backend"), "type"),
+			PortForwards: portForwards(e),
 		})
+	}
+	return out
+}
+
+func portForwards(e *etree.Element) []PortForward {
+	var out []PortForward
+	for _, pf := range children(e, "portForward") {
+		f := PortForward{Proto: attr(pf, "proto"), Address: attr(pf, "address")}
+		for _, r := range children(pf, "range") {
+			f.Ranges = append(f.Ranges, PortRange{
+				Start:   uint16(mustUint(attr(r, "start"))),
+				End:     uint16(mustUint(attr(r, "end"))),
+				To:      uint16(mustUint(attr(r, "to"))),
+				Exclude: attr(r, "exclude") == "yes",
+			})
+		}
+		out = append(out, f)
 	}
 	return out
 }

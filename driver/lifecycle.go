@@ -326,6 +326,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	defer nets.close()
+	undo = append(undo, r.stopPassts)
 	copts := commandOptions(d, r, emu, 3)
 	copts.NetAttach = nets.attach
 	if o.incoming != nil {

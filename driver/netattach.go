@@ -6,75 +6,134 @@ import (
 
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/network"
+	"github.com/qemufs/qemufs/procmgr"
 )
 
 // netAttachments is the host side of a run's interfaces, made at start.
 type netAttachments struct {
-	attach map[string]domain.NetAttachment // by interface alias
-	taps   []*network.Tap                  // QEMU inherits their files
+	attach  map[string]domain.NetAttachment // by interface alias
+	inherit []*os.File                      // QEMU inherits them (taps, passt sockets), in fd order
 }
 
 // close drops qemufs's copies of the tap files (QEMU keeps its own); on a
 // failed start it is what removes the taps.
 func (a *netAttachments) close() {
-	for _, t := range a.taps {
-		t.File.Close()
+	for _, f := range a.inherit {
+		f.Close()
 	}
-	a.taps = nil
+	a.inherit = nil
 }
 
 // privileged tells whether this daemon can make host network devices.
 func privileged() bool { return os.Geteuid() == 0 }
 
-// attachNetworks makes the host side of every interface qemufs manages:
-// a TAP on the network's bridge for type='network' (user-mode networking
-// in an unprivileged instance, as libvirt's session does), a TAP on the
-// named host bridge for type='bridge', a TAP of qemufs's own for a managed
-// type='ethernet' in a privileged instance. firstFD is the fd number the
-// first tap gets in QEMU. The live definition gets the taps' names.
+// hostSide is how qemufs connects one interface's host side.
+type hostSide int
+
+const (
+	sideQEMU  hostSide = iota // QEMU does it itself (user/slirp, socket, vhost-user, unmanaged tap ...)
+	sideSlirp                 // type='network' as QEMU's user-mode networking
+	sidePasst                 // a passt process of qemufs
+	sideTap                   // a TAP device of qemufs (network, bridge, managed ethernet)
+)
+
+// plan decides an interface's host side, or why it cannot have one.
+// passt is passt's path ("" when not installed).
+func (d *Driver) plan(ifc domain.Interface, passt string) (hostSide, error) {
+	switch {
+	case ifc.Type == "user" && ifc.Backend == "passt":
+		if passt == "" {
+			return 0, errorf(ErrInvalid, "interface %s: the passt backend needs passt (Debian package passt), which is not installed", ifc.Alias)
+		}
+		return sidePasst, nil
+	case ifc.Type == "network" && (d.nets == nil || !d.nets.Exists(ifc.Source)) && !privileged():
+		// A session's type='network' is user-mode networking: passt
+		// where installed, else QEMU's own (as libvirt's session).
+		if passt != "" {
+			return sidePasst, nil
+		}
+		return sideSlirp, nil
+	case ifc.Type == "network" && d.nets == nil:
+		return 0, errorf(ErrInvalid, "interface %s: network %q: this instance has no network driver", ifc.Alias, ifc.Source)
+	case ifc.Type == "bridge" && !privileged():
+		return 0, errorf(ErrPerm, "interface %s: plugging into host bridge %s needs a privileged instance", ifc.Alias, ifc.Source)
+	case ifc.Type == "network", ifc.Type == "bridge", ifc.Type == "ethernet" && !ifc.Unmanaged && privileged():
+		return sideTap, nil
+	}
+	return sideQEMU, nil
+}
+
+// attachNetworks makes the host side of every interface qemufs manages
+// (see plan): passt for <backend type='passt'>, a TAP on the network's
+// bridge for type='network' (user-mode networking in an unprivileged
+// instance, as libvirt's session does), a TAP on the named host bridge for
+// type='bridge', a TAP of qemufs's own for a managed type='ethernet' in a
+// privileged instance. firstFD is the fd number the first file gets in
+// QEMU. The live definition gets the taps' names.
 func (d *Driver) attachNetworks(ctx context.Context, r *run, firstFD int) (*netAttachments, error) {
 	a := &netAttachments{attach: map[string]domain.NetAttachment{}}
-	add := func(ifc domain.Interface, t *network.Tap) {
-		a.taps = append(a.taps, t)
-		a.attach[ifc.Alias] = domain.NetAttachment{TapFD: firstFD + len(a.taps) - 1}
-		r.live.SetInterfaceTarget(ifc.Alias, t.Name)
-	}
+	passt := passtBinary()
 	for _, ifc := range r.live.Interfaces() {
-		var (
-			t   *network.Tap
-			err error
-		)
+		side, err := d.plan(ifc, passt)
+		nextFD := firstFD + len(a.inherit)
 		switch {
-		case ifc.Type == "network" && (d.nets == nil || !d.nets.Exists(ifc.Source)) && !privileged():
+		case err != nil:
+		case side == sideSlirp:
 			a.attach[ifc.Alias] = domain.NetAttachment{User: true}
-			continue
-		case ifc.Type == "network" && d.nets == nil:
-			err = errorf(ErrInvalid, "interface %s: network %q: this instance has no network driver", ifc.Alias, ifc.Source)
-		case ifc.Type == "network":
-			t, err = d.nets.Tap(ctx, ifc.Source, ifc.MAC)
-		case ifc.Type == "bridge" && !privileged():
-			err = errorf(ErrPerm, "interface %s: plugging into host bridge %s needs a privileged instance", ifc.Alias, ifc.Source)
-		case ifc.Type == "bridge":
-			t, err = network.OpenTap(ctx, ifc.Source, ifc.MAC, "")
-		case ifc.Type == "ethernet" && !ifc.Unmanaged && privileged():
-			t, err = network.OpenTap(ctx, "", ifc.MAC, ifc.TargetDev)
-		default:
-			continue
+		case side == sidePasst:
+			var f *os.File
+			var p *procmgr.Process
+			if f, p, err = d.startPasst(ctx, r, ifc, passt); err == nil {
+				r.passts = append(r.passts, p)
+				a.inherit = append(a.inherit, f)
+				a.attach[ifc.Alias] = domain.NetAttachment{PasstFD: nextFD}
+			}
+		case side == sideTap:
+			var t *network.Tap
+			switch ifc.Type {
+			case "network":
+				t, err = d.nets.Tap(ctx, ifc.Source, ifc.MAC)
+			case "bridge":
+				t, err = network.OpenTap(ctx, ifc.Source, ifc.MAC, "")
+			default:
+				t, err = network.OpenTap(ctx, "", ifc.MAC, ifc.TargetDev)
+			}
+			if err == nil {
+				a.inherit = append(a.inherit, t.File)
+				a.attach[ifc.Alias] = domain.NetAttachment{TapFD: nextFD}
+				r.live.SetInterfaceTarget(ifc.Alias, t.Name)
+			}
 		}
 		if err != nil {
 			a.close()
+			r.stopPassts()
 			return nil, errorf(Kind(err), "start %s: %w", r.dm.name, err)
 		}
-		add(ifc, t)
 	}
 	return a, nil
 }
 
-// files are the tap files for procmgr.Spec.ExtraFiles, in fd order.
-func (a *netAttachments) files() []*os.File {
-	var out []*os.File
-	for _, t := range a.taps {
-		out = append(out, t.File)
+// previewNetAttach is attachNetworks without making anything, for the argv
+// file: the fds are the numbers a start would give, the host side absent.
+func (d *Driver) previewNetAttach(def *domain.Domain, firstFD int) map[string]domain.NetAttachment {
+	out := map[string]domain.NetAttachment{}
+	passt := passtBinary()
+	for _, ifc := range def.Interfaces() {
+		side, err := d.plan(ifc, passt)
+		switch {
+		case err != nil:
+		case side == sideSlirp:
+			out[ifc.Alias] = domain.NetAttachment{User: true}
+		case side == sidePasst:
+			out[ifc.Alias] = domain.NetAttachment{PasstFD: firstFD}
+			firstFD++
+		case side == sideTap:
+			out[ifc.Alias] = domain.NetAttachment{TapFD: firstFD}
+			firstFD++
+		}
 	}
 	return out
 }
+
+// files are the files for procmgr.Spec.ExtraFiles, in fd order.
+func (a *netAttachments) files() []*os.File { return a.inherit }

@@ -55,6 +55,7 @@ type run struct {
 	rebootStop  bool          // the next STOP is the guest's power-off in a fake reboot
 	pauseReason string        // reason for the next STOP event
 	detaching   bool
+	passts      []*procmgr.Process // passt for user-mode interfaces; they end with QEMU
 
 	done     chan struct{} // closed when cleanup has finished
 	detached chan struct{} // closed to stop supervising without cleanup
@@ -325,6 +326,7 @@ func (r *run) cleanup() {
 		dm.noteError(msg)
 	}
 	r.stopTPM() // before the cgroup it shares with QEMU goes
+	r.stopPassts()
 	if r.sec != nil && d.sec != nil {
 		if err := d.sec.Restore(context.Background(), r.sec); err != nil {
 			d.logf("%s: restore security: %v", dm.name, err)

@@ -77,7 +77,9 @@ func (d *Driver) NativeArgv(def *domain.Domain, name string) ([]byte, error) {
 	if port, auto := vncAutoport(r.live); !auto {
 		r.vncPort = port
 	}
-	cmd, err := domain.BuildCommand(r.live, commandOptions(d, r, emu, 0))
+	copts := commandOptions(d, r, emu, 0)
+	copts.NetAttach = d.previewNetAttach(r.live, 4)
+	cmd, err := domain.BuildCommand(r.live, copts)
 	if err != nil {
 		return nil, errorf(ErrInvalid, "argv %s: %w", name, err)
 	}

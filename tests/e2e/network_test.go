@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -227,6 +229,119 @@ func TestUserNetworkPortForward(t *testing.T) {
 	if argv := m.Read("u", "argv"); !strings.Contains(argv, fmt.Sprintf(`"hostfwd":[{"str":"tcp:127.0.0.1:%d-:7777"}]`, hostPort)) {
 		t.Errorf("argv lacks the hostfwd rule:\n%s", argv)
 	}
+}
+
+// TestPasstPortForward: with <backend type='passt'> qemufs runs passt
+// beside QEMU: the guest gets its address by DHCP from passt, reaches a
+// server on the host's loopback through the gateway address, and a
+// <portForward> reaches a server in the guest; passt ends with QEMU.
+func TestPasstPortForward(t *testing.T) {
+	if _, err := exec.LookPath("passt"); err != nil {
+		t.Fatal("passt is missing: make test installs it (scripts/deps.sh)")
+	}
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		got <- strings.TrimSpace(line)
+	}()
+	hostPort := freePort(t)
+	m := harness.Start(t, harness.Options{})
+	nic := fmt.Sprintf(`<interface type='user'><backend type='passt'/><model type='virtio'/><portForward proto='tcp' address='127.0.0.1'><range start='%d' to='7777'/></portForward></interface>`, hostPort)
+	m.Boot("p", harness.GuestXML(t, "p", guest.ActionNone, nic))
+	if argv := m.Read("p", "argv"); !strings.Contains(argv, `"type":"stream","addr":{"type":"fd"`) {
+		t.Errorf("argv has no passt stream netdev:\n%s", argv)
+	}
+	srv := ln.Addr().(*net.TCPAddr).Port
+	cmd := dhcpScript + fmt.Sprintf("; udhcpc -i eth0 -n -q -t 20 -s /tmp/dhcp.sh; gw=$(ip route | awk '/default/ {print $3}'); [ -n \"$gw\" ] || gw=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1 | awk -F. '{print $1\".\"$2\".\"$3\".1\"}'); echo FROM-GUEST | nc $gw %d; (while :; do echo FROM-GUEST-SERVER | nc -l -p 7777; done) & echo PASST-\"\"READY\n", srv)
+	if err := m.Send(cmd, "p", "console"); err != nil {
+		t.Fatal(err)
+	}
+	m.WaitConsole("p", "PASST-READY", 90*time.Second)
+	select {
+	case line := <-got:
+		if line != "FROM-GUEST" {
+			t.Errorf("host server read %q", line)
+		}
+	case <-time.After(60 * time.Second):
+		con, _ := m.WaitStream("PASST-READY", 5*time.Second, "p", "console")
+		t.Fatalf("the guest never reached the host's server through passt\nconsole: %s\npasst log: %s", con, readFile(m.LogDir+"/p-passt-net0.log"))
+	}
+	var reply string
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", hostPort), 5*time.Second)
+		if err != nil {
+			continue
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		reply, _ = bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if strings.TrimSpace(reply) == "FROM-GUEST-SERVER" {
+			break
+		}
+	}
+	if strings.TrimSpace(reply) != "FROM-GUEST-SERVER" {
+		con, _ := m.WaitStream("PASST-READY", 5*time.Second, "p", "console")
+		t.Fatalf("passt port forward 127.0.0.1:%d -> guest:7777 read %q\nconsole: %s\npasst log: %s\nargs: %s", hostPort, reply, con,
+			readFile(m.LogDir+"/p-passt-net0.log"), psArgs(childrenNamed(t, m.DaemonPid(), "passt")))
+	}
+	passt := childrenNamed(t, m.DaemonPid(), "passt")
+	if len(passt) != 1 {
+		t.Fatalf("passt processes of the daemon: %v, want one", passt)
+	}
+	m.MustCtl("p", "destroy")
+	deadline := time.Now().Add(30 * time.Second)
+	for harness.Alive(passt[0]) {
+		if time.Now().After(deadline) {
+			t.Fatalf("passt (pid %d) still runs after the guest was destroyed", passt[0])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func psArgs(pids []int) string {
+	var out []string
+	for _, p := range pids {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/cmdline")
+		out = append(out, strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	return strings.Join(out, "; ")
+}
+
+// childrenNamed lists the child processes of pid whose executable is name.
+func childrenNamed(t *testing.T, pid int, name string) []int {
+	t.Helper()
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(f) < 2 || f[1] != strconv.Itoa(pid) {
+			continue
+		}
+		if exe, _ := os.Readlink("/proc/" + e.Name() + "/exe"); filepath.Base(exe) == name {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func freePort(t *testing.T) int {
