@@ -21,7 +21,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand"
 	"net"
 	"os"
@@ -212,7 +211,8 @@ func Decode(command string, reply []byte, result any) error {
 // agent's reply exactly as it came (without its line ending). For a
 // command that answers only when it fails (NoReply), a reply that does not
 // come within Options.NoReplyWait, or the connection ending (the guest
-// powered off), counts as success: Run returns {"return": {}}.
+// powered off, QEMU exited), counts as success: Run returns
+// {"return": {}}.
 func (c *Conn) Run(ctx context.Context, cmd []byte) ([]byte, error) {
 	var head struct {
 		Execute string `json:"execute"`
@@ -245,7 +245,12 @@ func (c *Conn) Run(ctx context.Context, cmd []byte) ([]byte, error) {
 		switch {
 		case err == nil:
 			return m.obj, nil
-		case errors.Is(err, errTimeout), errors.Is(err, io.EOF):
+		case errors.Is(err, errTimeout):
+			return []byte(`{"return": {}}`), nil
+		case !ctxErr(err):
+			// The connection ended (EOF, or closed as QEMU went away):
+			// the guest shut down as asked.
+			c.drop(l)
 			return []byte(`{"return": {}}`), nil
 		}
 		return nil, c.fail(l, name, err)
