@@ -232,8 +232,8 @@ func (c *Conn) Run(ctx context.Context, cmd []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.sync(ctx, l); err != nil {
-		return nil, fmt.Errorf("%w (sending %s)", err, name)
+	if err := c.sync(ctx, l, name); err != nil {
+		return nil, err
 	}
 	line := append(bytes.TrimSpace(cmd), '\n')
 	if err := l.write(line, c.opts.CommandTimeout); err != nil {
@@ -336,24 +336,24 @@ func (c *Conn) drop(l *link) {
 	c.mu.Unlock()
 }
 
-// sync runs guest-sync-delimited with a random id and skips every message
-// before its reply.
-func (c *Conn) sync(ctx context.Context, l *link) error {
+// sync runs guest-sync-delimited with a random id before command and
+// skips every message before its reply.
+func (c *Conn) sync(ctx context.Context, l *link, command string) error {
 	id := rand.Int63n(1<<31) + 1
 	cmd := fmt.Sprintf("\xff{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":%d}}\n", id)
 	if err := l.write([]byte(cmd), c.opts.SyncTimeout); err != nil {
 		c.drop(l)
-		return fmt.Errorf("guest agent: guest-sync-delimited: %w", err)
+		return fmt.Errorf("guest agent: guest-sync-delimited before %s: %w", command, err)
 	}
 	deadline := time.Now().Add(c.opts.SyncTimeout)
 	for {
 		// The reply is the first object after a delimiter.
 		if _, err := l.next(ctx, time.Until(deadline), true); err != nil {
-			return c.syncErr(l, err)
+			return c.syncErr(l, command, err)
 		}
 		m, err := l.next(ctx, time.Until(deadline), false)
 		if err != nil {
-			return c.syncErr(l, err)
+			return c.syncErr(l, command, err)
 		}
 		var r struct {
 			Return *int64 `json:"return"`
@@ -365,14 +365,14 @@ func (c *Conn) sync(ctx context.Context, l *link) error {
 	}
 }
 
-func (c *Conn) syncErr(l *link, err error) error {
+func (c *Conn) syncErr(l *link, command string, err error) error {
 	if errors.Is(err, errTimeout) {
-		return fmt.Errorf("%w: no answer to guest-sync-delimited within %s (is qemu-ga running in the guest?)", ErrNotResponding, c.opts.SyncTimeout)
+		return fmt.Errorf("%w: no answer to guest-sync-delimited within %s, so %s was not sent (is qemu-ga running in the guest?)", ErrNotResponding, c.opts.SyncTimeout, command)
 	}
 	if !ctxErr(err) {
 		c.drop(l)
 	}
-	return fmt.Errorf("guest agent: guest-sync-delimited: %w", err)
+	return fmt.Errorf("guest agent: guest-sync-delimited before %s: %w", command, err)
 }
 
 // errTimeout is next's error when nothing came in time.
