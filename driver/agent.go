@@ -126,6 +126,13 @@ func (d *Driver) agentRun(ctx context.Context, r *run, op string, cmd []byte) ([
 		return nil, err
 	}
 	name := r.dm.name
+	r.dm.mu.Lock()
+	state := r.dm.state
+	r.dm.mu.Unlock()
+	if state != StateRunning {
+		// As libvirt: the agent of a paused guest cannot answer.
+		return nil, errorf(ErrBusy, "%s %s: the domain is %s; the guest agent answers only while the guest runs", op, name, state)
+	}
 	if testAgentPath == nil && !r.agentOpen(ctx, ch) {
 		return nil, errorf(ErrIO, "%s %s: %v: the guest has not opened its agent channel %s (is qemu-ga running in the guest?)", op, name, agent.ErrNotResponding, AgentChannel)
 	}

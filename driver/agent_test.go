@@ -23,9 +23,9 @@ func withDevices(name, devs string) string {
 	return strings.Replace(minimalXML(name), "</devices>", devs+"</devices>", 1)
 }
 
-// startPaused defines and starts a firmware-only guest (no OS: QEMU is up
-// in a fraction of a second) with extra devices.
-func startPaused(t *testing.T, d *Driver, name, devs string) {
+// startBare defines and starts a firmware-only guest (no OS: QEMU is up
+// in a fraction of a second) with extra devices, its CPUs running.
+func startBare(t *testing.T, d *Driver, name, devs string) {
 	t.Helper()
 	if err := d.Create(name); err != nil {
 		t.Fatal(err)
@@ -33,7 +33,7 @@ func startPaused(t *testing.T, d *Driver, name, devs string) {
 	if err := d.Define(name, []byte(withDevices(name, devs))); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Control(context.Background(), name, "start --paused"); err != nil {
+	if err := d.Control(context.Background(), name, "start"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -75,7 +75,7 @@ func TestAgentSession(t *testing.T) {
 			{"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24}}},
 		{"name": "eth1", "hardware-address": "52:54:00:12:34:57"},
 	}))
-	startPaused(t, d, "a", agentChannelXML)
+	startBare(t, d, "a", agentChannelXML)
 
 	s, err := d.OpenAgent("a")
 	if err != nil {
@@ -139,6 +139,20 @@ func TestAgentSession(t *testing.T) {
 		t.Errorf("interfaces:\n- want: %q\n-  got: %q", want, out)
 	}
 
+	// A paused guest's agent cannot answer: EBUSY, as libvirt.
+	if err := d.Control(context.Background(), "a", "suspend"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agentCommand(t, s, `{"execute":"guest-ping"}`); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "the domain is paused") {
+		t.Errorf("agent of a paused guest: %v", err)
+	}
+	if err := d.Control(context.Background(), "a", "resume"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := agentCommand(t, s, `{"execute":"guest-ping"}`); err != nil || got != `{"return":{}}`+"\n" {
+		t.Errorf("after resume: %q, %v", got, err)
+	}
+
 	// The session ends with the run.
 	if err := d.Control(context.Background(), "a", "destroy"); err != nil {
 		t.Fatal(err)
@@ -163,7 +177,7 @@ func TestAgentChannelErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			startPaused(t, d, tc.name, tc.devs)
+			startBare(t, d, tc.name, tc.devs)
 			_, err := d.OpenAgent(tc.name)
 			if !errors.Is(err, tc.kind) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("OpenAgent: want %v %q, got %v", tc.kind, tc.want, err)
@@ -172,7 +186,7 @@ func TestAgentChannelErrors(t *testing.T) {
 			if !errors.Is(err, tc.kind) {
 				t.Errorf("shutdown --mode=agent: want %v, got %v", tc.kind, err)
 			}
-			if st, _ := d.StateLine(tc.name); st != "paused (user)" {
+			if st, _ := d.StateLine(tc.name); st != "running (booted)" {
 				t.Errorf("state after a failed agent shutdown: %s", st)
 			}
 		})
@@ -186,7 +200,7 @@ func TestAgentChannelErrors(t *testing.T) {
 // timeout.
 func TestAgentNotResponding(t *testing.T) {
 	d := newDriver(t)
-	startPaused(t, d, "a", agentChannelXML)
+	startBare(t, d, "a", agentChannelXML)
 	s, err := d.OpenAgent("a")
 	if err != nil {
 		t.Fatal(err)
@@ -204,13 +218,13 @@ func TestAgentNotResponding(t *testing.T) {
 	if err := d.Control(context.Background(), "a", "reboot --mode=agent"); !errors.Is(err, ErrIO) {
 		t.Errorf("reboot --mode=agent: %v", err)
 	}
-	if st, _ := d.StateLine("a"); st != "paused (user)" {
+	if st, _ := d.StateLine("a"); st != "running (booted)" {
 		t.Errorf("state: %s", st)
 	}
 
 	fake := useFakeAgent(t)
 	fake.SetSilent(true)
-	startPaused(t, d, "b", agentChannelXML)
+	startBare(t, d, "b", agentChannelXML)
 	s2, err := d.OpenAgent("b")
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +257,7 @@ func TestShutdownModes(t *testing.T) {
 			}()
 		}}
 	})
-	startPaused(t, d, "a", agentChannelXML)
+	startBare(t, d, "a", agentChannelXML)
 
 	for _, bad := range []string{"shutdown --mode=initctl", "shutdown --mode=", "shutdown --mode=agent,bogus", "reboot --mode=signal", "reboot --now"} {
 		err := d.Control(context.Background(), "a", bad)
@@ -266,7 +280,7 @@ func TestShutdownModes(t *testing.T) {
 	fake.Handle("guest-shutdown", func(context.Context, *agenttest.Request) agenttest.Response {
 		return agenttest.Response{Error: &agenttest.CommandError{Class: "GenericError", Desc: "guest-shutdown has been disabled"}}
 	})
-	if err := d.Control(context.Background(), "a", "start --paused"); err != nil {
+	if err := d.Control(context.Background(), "a", "start"); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Control(context.Background(), "a", "shutdown --mode=agent"); !errors.Is(err, ErrIO) || !strings.Contains(err.Error(), "guest-shutdown has been disabled") {
@@ -302,7 +316,7 @@ func TestRebootAgent(t *testing.T) {
 			}()
 		}}
 	})
-	startPaused(t, d, "a", agentChannelXML)
+	startBare(t, d, "a", agentChannelXML)
 	ev, _ := d.Events("a")
 	if err := d.Control(context.Background(), "a", "reboot --mode=agent"); err != nil {
 		t.Fatal(err)

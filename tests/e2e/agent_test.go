@@ -17,7 +17,7 @@ import (
 // NAME/agent passes commands through (guest-ping, guest-info, a shell's
 // exec 3<> session), taints the domain custom-ga-command; NAME/interfaces
 // shows the guest's addresses from the agent once udhcpc configured eth0;
-// reboot --mode=agent reboots the guest and shutdown --mode=agent powers
+// a re-attached daemon reaches the agent again; reboot --mode=agent reboots the guest and shutdown --mode=agent powers
 // it off.
 func TestAgent(t *testing.T) {
 	t.Parallel()
@@ -109,6 +109,16 @@ echo '{"execute":"guest-no-such-command"}' >&3; head -1 <&3`, m.Path("g", "agent
 		if !strings.Contains(ifs, want) {
 			t.Errorf("interfaces lacks %q:\n%s", want, ifs)
 		}
+	}
+
+	// A new daemon (the old one killed under the guest) reaches the
+	// agent through the same socket.
+	m.KillDaemon()
+	if err := m.Mount(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Agent("g", `{"execute":"guest-ping"}`, reply); err != nil || got != `{"return": {}}` {
+		t.Errorf("guest-ping after re-attach: %q, %v", got, err)
 	}
 
 	// reboot --mode=agent: the guest reboots itself (the ready line again).

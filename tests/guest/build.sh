@@ -365,12 +365,18 @@ done
 [ -d /proc/\$acpid_pid ] || echo "init: acpid is not running" >/dev/ttyS0
 ip link set lo up
 # No udev: name the virtio serial ports as udev does
-# (/dev/virtio-ports/NAME). A virtio-serial device announces its ports
-# and their names a moment after its driver is loaded: wait for the names
-# (at most 3 s) when the guest has such a device.
+# (/dev/virtio-ports/NAME). A virtio-serial device announces its ports,
+# then their names, a moment after its driver is loaded: when the guest
+# has such a device, wait for a port (at most 3 s), then for a name (at
+# most 0.5 s more: a virtio console's port has none).
 if grep -qsx 0x0003 /sys/bus/virtio/devices/*/device; then
 	i=0
-	while [ \$i -lt 300 ] && ! cat /sys/class/virtio-ports/*/name 2>/dev/null | grep -q .; do
+	while [ \$i -lt 300 ] && ! ls /sys/class/virtio-ports/ 2>/dev/null | grep -q .; do
+		usleep 10000
+		i=\$((i + 1))
+	done
+	i=0
+	while [ \$i -lt 50 ] && ! cat /sys/class/virtio-ports/*/name 2>/dev/null | grep -q .; do
 		usleep 10000
 		i=\$((i + 1))
 	done
