@@ -7,9 +7,10 @@
 #
 # OUTDIR defaults to ${QEMUFS_GUEST_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qemufs-test-guest}.
 # The build is idempotent: a stamp records the package versions (the kernel,
-# busybox, qemu-guest-agent and a hash of the versions of the libraries the
-# agent needs), the state of apt's package lists and the hash of this script; a rerun with the same stamp
-# only prints the paths (in milliseconds when the lists are unchanged).
+# busybox, qemu-guest-agent and a hash of the versions of the packages of
+# the libraries the agent loads), the state of apt's package lists and the
+# hash of this script; a rerun with the same stamp only prints the paths (in
+# milliseconds when the lists are unchanged).
 #
 # Outputs in OUTDIR: vmlinuz, initramfs.img (gzip'ed cpio newc) and guest.env
 # (shell-sourceable: QEMUFS_GUEST_KERNEL, QEMUFS_GUEST_INITRD,
