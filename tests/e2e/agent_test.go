@@ -208,3 +208,23 @@ func TestAgentAbsent(t *testing.T) {
 		t.Error("log does not show the fallback to ACPI")
 	}
 }
+
+// TestAgentConfined: the agent works for a confined guest of the system
+// instance (QEMU as the unprivileged qemu user in its own namespace,
+// creating the channel socket in the run's directory).
+func TestAgentConfined(t *testing.T) {
+	t.Parallel()
+	const mac = "52:54:00:aa:bb:03"
+	m := harness.Start(t, harness.Options{System: true})
+	m.Boot("c", harness.GuestXML(t, "c", guest.ActionNone, harness.AgentDevices(mac)))
+	if got, err := m.Agent("c", `{"execute":"guest-ping"}`, reply); err != nil || got != `{"return": {}}` {
+		t.Fatalf("guest-ping: %q, %v", got, err)
+	}
+	if ifs := m.Read("c", "interfaces"); !strings.Contains(ifs, "lo 00:00:00:00:00:00 ipv4 127.0.0.1/8\n") || !strings.Contains(ifs, "eth0 "+mac+" N/A N/A\n") {
+		t.Errorf("interfaces before DHCP:\n%s", ifs)
+	}
+	m.MustCtl("c", "shutdown --mode=agent")
+	if st := m.State("c"); st != "shut off (shutdown)" {
+		t.Errorf("state after shutdown --mode=agent: %s", st)
+	}
+}
