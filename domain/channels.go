@@ -48,3 +48,19 @@ func (d *Domain) SetChannelSocketPaths(dir string) {
 		setAttr(src, "path", path)
 	}
 }
+
+// SetChannelState records whether the guest has opened the virtio channel
+// with the given alias ("connected" or "disconnected"), on its target as
+// libvirt's live definition shows it. Channels of other targets have no
+// state; false means no such virtio channel.
+func (d *Domain) SetChannelState(alias, state string) bool {
+	for _, e := range children(child(d.root, "devices"), "channel") {
+		t := child(e, "target")
+		if attr(child(e, "alias"), "name") != alias || t == nil || attr(t, "type") != "virtio" {
+			continue
+		}
+		setAttr(t, "state", state)
+		return true
+	}
+	return false
+}

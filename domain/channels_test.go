@@ -57,3 +57,37 @@ func TestChannelSocketPaths(t *testing.T) {
 		t.Errorf("not idempotent: %q", d.Channels()[0].Path)
 	}
 }
+
+// TestChannelState: the state of a virtio channel, as live XML shows it,
+// survives a round trip through Parse (a re-attach reads live XML back).
+func TestChannelState(t *testing.T) {
+	d, err := Parse([]byte(withDevices(`<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+<channel type='pty'><target type='guestfwd' address='10.0.2.1' port='4600'/></channel>`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Expand(d, nil); err != nil {
+		t.Fatal(err)
+	}
+	chs := d.Channels()
+	if !d.SetChannelState(chs[0].Alias, "connected") {
+		t.Fatalf("no virtio channel %q", chs[0].Alias)
+	}
+	if d.SetChannelState(chs[1].Alias, "connected") || d.SetChannelState("nope", "connected") {
+		t.Error("state set on a guestfwd channel or an unknown alias")
+	}
+	x := d.XML()
+	if !strings.Contains(string(x), `name="org.qemu.guest_agent.0" state="connected"`) && !strings.Contains(string(x), `name='org.qemu.guest_agent.0' state='connected'`) {
+		t.Errorf("XML lacks the state:\n%s", x)
+	}
+	back, err := Parse(x)
+	if err != nil {
+		t.Fatalf("live XML with a channel state does not parse: %v", err)
+	}
+	if err := back.Validate(nil); err != nil {
+		t.Fatalf("live XML with a channel state does not validate: %v", err)
+	}
+	if _, err := BuildCommand(back, CommandOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}

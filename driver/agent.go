@@ -37,6 +37,42 @@ var agentConns = struct {
 	m  map[*run]*agent.Conn
 }{m: map[*run]*agent.Conn{}}
 
+// prepareChannels readies the live definition's channels at start: unix
+// channels without a path get the socket path QEMU will use, and virtio
+// channels the state "disconnected" (the guest has not opened them yet),
+// as libvirt's live XML shows them.
+func prepareChannels(r *run) {
+	r.live.SetChannelSocketPaths(r.files.DomDir)
+	for _, c := range r.live.Channels() {
+		if c.TargetType == "virtio" && c.Alias != "" {
+			r.live.SetChannelState(c.Alias, "disconnected")
+		}
+	}
+}
+
+// onVserportChange records QEMU's VSERPORT_CHANGE (the guest opened or
+// closed a virtio serial port) as the channel's state in the live XML.
+func (r *run) onVserportChange(ev monitor.Event) {
+	var data struct {
+		ID   string `json:"id"`
+		Open bool   `json:"open"`
+	}
+	if json.Unmarshal(ev.Data, &data) != nil || data.ID == "" {
+		return
+	}
+	state := "disconnected"
+	if data.Open {
+		state = "connected"
+	}
+	r.mu.Lock()
+	ok := r.live.SetChannelState(data.ID, state)
+	r.mu.Unlock()
+	if ok {
+		r.refreshLive()
+		r.saveStatus()
+	}
+}
+
 // agentChannel finds the guest agent channel of a definition.
 func agentChannel(def *domain.Domain) (domain.Chardev, bool) {
 	for _, c := range def.Channels() {

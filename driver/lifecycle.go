@@ -274,7 +274,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	r := newRun(d, dm)
 	r.autodestroy = o.Autodestroy
 	r.live = def.Clone()
-	r.live.SetChannelSocketPaths(r.files.DomDir)
+	prepareChannels(r)
 	f := r.files
 
 	var undo []func()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -31,6 +32,10 @@ func TestAgent(t *testing.T) {
 	live := m.Read("g", "live.xml")
 	if !strings.Contains(live, ".d/org.qemu.guest_agent.0'") && !strings.Contains(live, `.d/org.qemu.guest_agent.0"`) {
 		t.Errorf("live.xml does not show the agent socket:\n%s", live)
+	}
+	// qemu-ga opened its port (QEMU's VSERPORT_CHANGE): live.xml says so.
+	if err := waitLive(m, "g", "org.qemu.guest_agent.0' state='connected'"); err != nil {
+		t.Error(err)
 	}
 	got, err := m.Agent("g", `{"execute":"guest-ping"}`, reply)
 	if err != nil {
@@ -191,6 +196,9 @@ func TestAgentAbsent(t *testing.T) {
 	}
 	m.Send("kill $(pidof qemu-ga); sleep 1; echo KILLED-$((1+1))\n", "g", "console")
 	m.WaitConsole("g", "KILLED-2", harness.BootTimeout)
+	if err := waitLive(m, "g", "org.qemu.guest_agent.0' state='disconnected'"); err != nil {
+		t.Error(err)
+	}
 	if _, err := m.Agent("g", `{"execute":"guest-ping"}`, time.Minute); !errors.Is(err, syscall.EIO) ||
 		!strings.Contains(m.ErrorOf("g"), "guest agent is not responding") {
 		t.Errorf("agent gone: %v (error: %s)", err, m.ErrorOf("g"))
@@ -226,5 +234,21 @@ func TestAgentConfined(t *testing.T) {
 	m.MustCtl("c", "shutdown --mode=agent")
 	if st := m.State("c"); st != "shut off (shutdown)" {
 		t.Errorf("state after shutdown --mode=agent: %s", st)
+	}
+}
+
+// waitLive waits until NAME/live.xml contains want (with either quote).
+func waitLive(m *harness.Mount, name, want string) error {
+	alt := strings.ReplaceAll(want, "'", `"`)
+	deadline := time.Now().Add(harness.BootTimeout)
+	for {
+		live := m.Read(name, "live.xml")
+		if strings.Contains(live, want) || strings.Contains(live, alt) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("live.xml of %s lacks %q:\n%s", name, want, live)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
