@@ -64,3 +64,14 @@ func (d *Domain) SetChannelState(alias, state string) bool {
 	}
 	return false
 }
+
+// ChannelState returns the state SetChannelState recorded on the virtio
+// channel with the given alias, "" when none.
+func (d *Domain) ChannelState(alias string) string {
+	for _, e := range children(child(d.root, "devices"), "channel") {
+		if attr(child(e, "alias"), "name") == alias {
+			return attr(child(e, "target"), "state")
+		}
+	}
+	return ""
+}

@@ -70,7 +70,7 @@ func TestChannelState(t *testing.T) {
 		t.Fatal(err)
 	}
 	chs := d.Channels()
-	if !d.SetChannelState(chs[0].Alias, "connected") {
+	if !d.SetChannelState(chs[0].Alias, "connected") || d.ChannelState(chs[0].Alias) != "connected" {
 		t.Fatalf("no virtio channel %q", chs[0].Alias)
 	}
 	if d.SetChannelState(chs[1].Alias, "connected") || d.SetChannelState("nope", "connected") {

@@ -60,14 +60,20 @@ func (r *run) onVserportChange(ev monitor.Event) {
 	if json.Unmarshal(ev.Data, &data) != nil || data.ID == "" {
 		return
 	}
+	r.setChannelState(data.ID, data.Open)
+}
+
+// setChannelState records in the live XML whether the guest has the
+// virtio channel alias open, when that changes it.
+func (r *run) setChannelState(alias string, open bool) {
 	state := "disconnected"
-	if data.Open {
+	if open {
 		state = "connected"
 	}
 	r.mu.Lock()
-	ok := r.live.SetChannelState(data.ID, state)
+	changed := r.live.ChannelState(alias) != state && r.live.SetChannelState(alias, state)
 	r.mu.Unlock()
-	if ok {
+	if changed {
 		r.refreshLive()
 		r.saveStatus()
 	}
@@ -148,6 +154,8 @@ func (r *run) agentOpen(ctx context.Context, ch domain.Chardev) bool {
 	}
 	for _, in := range infos {
 		if in.Label == "char"+ch.Alias && in.FrontendOpen != nil {
+			// Also corrects a state a re-attached daemon missed.
+			r.setChannelState(ch.Alias, *in.FrontendOpen)
 			return *in.FrontendOpen
 		}
 	}

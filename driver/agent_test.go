@@ -212,6 +212,9 @@ func TestAgentNotResponding(t *testing.T) {
 		t.Fatalf("want ErrIO not responding, got %v", err)
 	}
 	t.Logf("%v after %v", err, time.Since(start))
+	if live, _ := d.LiveXML("a"); !strings.Contains(string(live), `state="disconnected"`) && !strings.Contains(string(live), `state='disconnected'`) {
+		t.Errorf("live XML lacks the channel state disconnected:\n%s", live)
+	}
 	if err := d.Control(context.Background(), "a", "shutdown --mode=agent"); !errors.Is(err, ErrIO) || !strings.Contains(err.Error(), "not responding") {
 		t.Errorf("shutdown --mode=agent: %v", err)
 	}
