@@ -45,3 +45,22 @@ func (m *Mount) Agent(name, cmd string, timeout time.Duration) (string, error) {
 		return "", fmt.Errorf("no reply to %s within %v", cmd, timeout)
 	}
 }
+
+// WaitAgent waits until NAME's guest agent answers guest-ping through
+// NAME/agent (the guest's init starts qemu-ga before its ready line, but
+// a loaded machine may keep the guest from answering the first sync in
+// time); failure ends the test.
+func (m *Mount) WaitAgent(name string, timeout time.Duration) {
+	m.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got, err := m.Agent(name, `{"execute":"guest-ping"}`, timeout)
+		if err == nil && got == `{"return": {}}` {
+			return
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("%s: the guest agent did not answer guest-ping within %v: %q, %v\nlog:\n%s", name, timeout, got, err, m.QEMULog(name))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
