@@ -325,8 +325,23 @@ func TestRebootAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	readUntil(t, ev, `"rebooted"`)
-	if st, _ := d.StateLine("a"); !strings.HasPrefix(st, "paused") && !strings.HasPrefix(st, "running") {
+	if st, _ := d.StateLine("a"); st != "running (booted)" {
 		t.Errorf("state after reboot: %s", st)
+	}
+
+	// acpi,agent with a failing agent: the ACPI fake reboot, which a
+	// firmware-only guest never completes (the caller gives up).
+	fake.Handle("guest-shutdown", func(context.Context, *agenttest.Request) agenttest.Response {
+		return agenttest.Response{Error: &agenttest.CommandError{Class: "GenericError", Desc: "disabled"}}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := d.Control(ctx, "a", "reboot --mode=agent,acpi"); !errors.Is(err, ErrInterrupted) {
+		t.Errorf("reboot --mode=agent,acpi of a guest that ignores ACPI: %v, want ErrInterrupted", err)
+	}
+	log, _ := d.LogPath("a")
+	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "reboot with the guest agent failed") {
+		t.Errorf("log lacks the fallback to ACPI:\n%s", b)
 	}
 }
 
