@@ -102,15 +102,27 @@ func init() {
 		}
 		return d.startLocked(ctx, dm, o)
 	})
-	registerCommand("shutdown [--timeout=N]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	registerCommand("shutdown [--timeout=N] [--mode=acpi|agent|acpi,agent]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
 		var timeout time.Duration
+		var modes []string
 		for _, a := range args {
+			if v, ok := strings.CutPrefix(a, "--mode="); ok {
+				m, err := parseModes("shutdown", dm.name, v)
+				if err != nil {
+					return err
+				}
+				modes = m
+				continue
+			}
 			v, ok := strings.CutPrefix(a, "--timeout=")
 			n, err := strconv.Atoi(v)
 			if !ok || err != nil || n < 0 {
 				return errBadArgs
 			}
 			timeout = time.Duration(n) * time.Second
+		}
+		if usesAgent(modes) {
+			return d.shutdownModes(ctx, dm, modes, timeout)
 		}
 		return d.shutdown(ctx, dm, timeout)
 	})
@@ -119,7 +131,24 @@ func init() {
 		defer dm.op.Unlock()
 		return d.destroy(ctx, dm, ReasonDestroyed)
 	}))
-	registerCommand("reboot", noArgs(func(ctx context.Context, d *Driver, dm *dom) error { return d.reboot(ctx, dm) }))
+	registerCommand("reboot [--mode=acpi|agent|acpi,agent]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+		var modes []string
+		for _, a := range args {
+			v, ok := strings.CutPrefix(a, "--mode=")
+			if !ok {
+				return errBadArgs
+			}
+			m, err := parseModes("reboot", dm.name, v)
+			if err != nil {
+				return err
+			}
+			modes = m
+		}
+		if usesAgent(modes) {
+			return d.rebootModes(ctx, dm, modes)
+		}
+		return d.reboot(ctx, dm)
+	})
 	registerCommand("reset", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
 		return d.simple(dm, "reset", func(r *run) error { return r.qmp.SystemReset() })
 	}))
@@ -262,6 +291,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	r.autodestroy = o.Autodestroy
 	r.resetNVRAM = o.ResetNVRAM
 	r.live = def.Clone()
+	prepareChannels(r)
 	f := r.files
 
 	var undo []func()

@@ -154,6 +154,8 @@ func (r *run) handleEvent(ev monitor.Event) {
 		r.onShutdown(s)
 	case "GUEST_PANICKED":
 		r.onPanic()
+	case "VSERPORT_CHANGE":
+		r.onVserportChange(ev)
 	}
 }
 

@@ -26,6 +26,7 @@ const maxUnread = 1 << 20
 type MonitorSession struct {
 	r       *run
 	hmp     bool
+	agent   bool // a guest agent session (see agent.go)
 	mu      sync.Mutex
 	pending []byte
 	replies *stream.Log
@@ -83,7 +84,7 @@ func (s *MonitorSession) Write(ctx context.Context, p []byte) (int, error) {
 	}
 	if len(s.pending) > maxPending {
 		s.pending = nil
-		return 0, errorf(ErrInvalid, "monitor: command longer than %d bytes", maxPending)
+		return 0, errorf(ErrInvalid, "%s: command longer than %d bytes", s.label(), maxPending)
 	}
 	return len(p), nil
 }
@@ -102,7 +103,7 @@ func (s *MonitorSession) next() (cmd, rest []byte, err error) {
 		return nil, nil, nil
 	}
 	if buf[0] != '{' {
-		return nil, nil, errorf(ErrInvalid, "monitor/qmp: expected a JSON object, got %q", truncate(buf, 40))
+		return nil, nil, errorf(ErrInvalid, "%s: expected a JSON object, got %q", s.label(), truncate(buf, 40))
 	}
 	end := jsonObjectEnd(buf)
 	if end < 0 {
@@ -110,7 +111,7 @@ func (s *MonitorSession) next() (cmd, rest []byte, err error) {
 	}
 	obj := buf[:end]
 	if !json.Valid(obj) {
-		return nil, nil, errorf(ErrInvalid, "monitor/qmp: malformed JSON %q", truncate(obj, 80))
+		return nil, nil, errorf(ErrInvalid, "%s: malformed JSON %q", s.label(), truncate(obj, 80))
 	}
 	return obj, buf[end:], nil
 }
@@ -152,6 +153,9 @@ func truncate(b []byte, n int) string {
 }
 
 func (s *MonitorSession) run(ctx context.Context, cmd []byte) error {
+	if s.agent {
+		return s.runAgent(ctx, cmd)
+	}
 	r := s.r
 	kind := "qmp"
 	if s.hmp {

@@ -87,6 +87,16 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		return newLineStream(rd), lineStreamFlags, nil
 	}, nil)
 	in.AddChild("snapshots", in.NewPersistentInode(ctx, &snapshotsDir{root: r, domain: name}, fs.StableAttr{Mode: syscall.S_IFDIR}), true)
+	add(in, "agent", 0o660, dd.openAgent, nil)
+	add(in, "interfaces", 0o440, snapshot(func(ctx context.Context) ([]byte, error) {
+		ctx, cancel := userInterrupts(ctx)
+		defer cancel()
+		b, err := d.Interfaces(ctx, name)
+		if err != nil {
+			d.RecordError(name, err.Error())
+		}
+		return b, err
+	}), nil)
 	mon := in.NewPersistentInode(ctx, &dirNode{root: r, perm: 0o550}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	in.AddChild("monitor", mon, true)
 	add(mon, "qmp", 0o660, dd.openMonitor(false), nil)
@@ -177,6 +187,17 @@ func (dd *domainDir) openMonitor(hmp bool) opener {
 		}
 		return &sessionHandle{s: s, d: dd.root.cfg.Driver, name: dd.name}, sessionFlags, nil
 	}
+}
+
+// openAgent opens a guest agent session (see driver.OpenAgent), handled
+// as a monitor session.
+func (dd *domainDir) openAgent(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
+	s, err := dd.root.cfg.Driver.OpenAgent(dd.name)
+	if err != nil {
+		dd.root.cfg.Driver.RecordError(dd.name, err.Error())
+		return nil, 0, err
+	}
+	return &sessionHandle{s: s, d: dd.root.cfg.Driver, name: dd.name}, sessionFlags, nil
 }
 
 var _ = driver.ErrIO
