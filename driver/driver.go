@@ -52,14 +52,15 @@ const (
 
 // Driver manages the domains of one instance.
 type Driver struct {
-	opts  Options
-	inst  *instance.Instance
-	conf  *instance.Config
-	caps  *capabilities.Capabilities
-	sec   *security.Stack
-	nets  *network.Manager
-	logf  func(format string, args ...any)
-	ports *portAllocator
+	opts   Options
+	inst   *instance.Instance
+	conf   *instance.Config
+	caps   *capabilities.Capabilities
+	sec    *security.Stack
+	nets   *network.Manager
+	leases LeaseSource // DHCP leases for `interfaces`; the network driver's
+	logf   func(format string, args ...any)
+	ports  *portAllocator
 
 	mu      sync.Mutex
 	doms    map[string]*dom
@@ -107,6 +108,9 @@ func New(opts Options) (*Driver, error) {
 	}
 	if d.caps == nil {
 		d.caps = &capabilities.Capabilities{}
+	}
+	if d.nets != nil {
+		d.leases = networkLeases{d.nets}
 	}
 	d.logf = func(string, ...any) {}
 	if opts.Logger != nil {

@@ -7,9 +7,9 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/network"
 )
 
 // Lease is one DHCP lease a network handed out.
@@ -21,25 +21,34 @@ type Lease struct {
 }
 
 // LeaseSource gives the current DHCP leases of a network by name. The
-// networks driver implements it and registers itself with SetLeaseSource;
+// networks driver is the source of a Driver made with Options.Networks;
 // `interfaces` asks it for guests whose interfaces are <interface
 // type='network'>.
 type LeaseSource interface {
 	Leases(ctx context.Context, network string) ([]Lease, error)
 }
 
-// leaseSources holds each driver's lease source (none until the networks
-// driver registers one).
-var leaseSources sync.Map // *Driver -> LeaseSource
-
 // SetLeaseSource makes src the source of DHCP leases for `interfaces`;
 // nil removes it.
 func (d *Driver) SetLeaseSource(src LeaseSource) {
-	if src == nil {
-		leaseSources.Delete(d)
-		return
+	d.mu.Lock()
+	d.leases = src
+	d.mu.Unlock()
+}
+
+// networkLeases is the network driver as a LeaseSource.
+type networkLeases struct{ m *network.Manager }
+
+func (n networkLeases) Leases(ctx context.Context, name string) ([]Lease, error) {
+	ls, err := n.m.Leases(name)
+	if err != nil {
+		return nil, err
 	}
-	leaseSources.Store(d, src)
+	out := make([]Lease, len(ls))
+	for i, l := range ls {
+		out[i] = Lease{MAC: l.MAC, IP: l.IP, Prefix: l.Prefix, Hostname: l.Hostname}
+	}
+	return out, nil
 }
 
 // arpPath is the host's ARP table (a variable for tests).
@@ -192,11 +201,12 @@ func guestNICs(def *domain.Domain) []nic {
 // leaseAddrs asks the lease source for the leases of the guest's
 // type='network' interfaces.
 func (d *Driver) leaseAddrs(ctx context.Context, nics []nic) ([]IfAddr, error) {
-	v, ok := leaseSources.Load(d)
-	if !ok {
+	d.mu.Lock()
+	src := d.leases
+	d.mu.Unlock()
+	if src == nil {
 		return nil, nil
 	}
-	src := v.(LeaseSource)
 	var out []IfAddr
 	cache := map[string][]Lease{}
 	for _, n := range nics {

@@ -678,13 +678,21 @@ type Lease struct {
 	IP       string `json:"ip"`
 	Hostname string `json:"hostname,omitempty"`
 	ClientID string `json:"clientId,omitempty"`
+	Prefix   int    `json:"prefix,omitempty"` // the network's prefix length
 }
 
 // Leases returns the network's current DHCP leases.
 func (m *Manager) Leases(name string) ([]Lease, error) {
-	if _, err := m.lookup(name); err != nil {
+	e, err := m.lookup(name)
+	if err != nil {
 		return nil, err
 	}
+	prefix := 0
+	m.mu.Lock()
+	if e.def != nil && e.def.DHCPIP() != nil {
+		prefix, _ = e.def.DHCPIP().Net.Mask.Size()
+	}
+	m.mu.Unlock()
 	f, err := os.Open(m.leasesPath(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -709,6 +717,7 @@ func (m *Manager) Leases(name string) ([]Lease, error) {
 		if len(fl) > 4 && fl[4] != "*" {
 			l.ClientID = fl[4]
 		}
+		l.Prefix = prefix
 		out = append(out, l)
 	}
 	return out, nil

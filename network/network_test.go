@@ -10,7 +10,7 @@ import (
 func TestParse(t *testing.T) {
 	for _, c := range []struct {
 		name, xml, err string
-		check     func(t *testing.T, n *Network)
+		check          func(t *testing.T, n *Network)
 	}{
 		{name: "nat", xml: `<network><name>default</name><forward mode='nat'/><ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><range start='192.168.122.2' end='192.168.122.254'/><host mac='52:54:00:00:00:01' name='a' ip='192.168.122.9'/></dhcp></ip></network>`,
 			check: func(t *testing.T, n *Network) {
@@ -149,8 +149,8 @@ func TestDnsmasqConfigAndLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"expiry":1796308689,"mac":"52:54:00:59:70:dc","ip":"10.5.0.19","hostname":"guest","clientId":"01:52:54:00:59:70:dc"}` + "\n" +
-		`{"expiry":1796308690,"mac":"52:54:00:59:70:dd","ip":"10.5.0.18"}` + "\n"
+	want := `{"expiry":1796308689,"mac":"52:54:00:59:70:dc","ip":"10.5.0.19","hostname":"guest","clientId":"01:52:54:00:59:70:dc","prefix":24}` + "\n" +
+		`{"expiry":1796308690,"mac":"52:54:00:59:70:dd","ip":"10.5.0.18","prefix":24}` + "\n"
 	if string(got) != want {
 		t.Errorf("leases:\n%s\nwant:\n%s", got, want)
 	}

@@ -82,6 +82,12 @@ func TestNetworkDefault(t *testing.T) {
 	if ips["n1"] == ips["n2"] {
 		t.Fatalf("both guests got %s", ips["n1"])
 	}
+	// Without an agent, `interfaces` gives the addresses from the leases.
+	for _, n := range names {
+		if got := m.Read(n, "interfaces"); !strings.Contains(got, ips[n]+"/24") || !strings.Contains(got, "vnet") {
+			t.Errorf("%s/interfaces = %q, want its lease %s/24 on its tap", n, got, ips[n])
+		}
+	}
 	if err := m.Send(fmt.Sprintf("ping -c 3 -W 5 %s && echo PING-\"\"OK\n", ips["n2"]), "n1", "console"); err != nil {
 		t.Fatal(err)
 	}
