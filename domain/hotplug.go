@@ -500,6 +500,9 @@ func (d *Domain) HotplugSteps(dev Device, o HotplugOptions) ([]QMPStep, []string
 // d's controllers and dev only: its steps then generate dev's arguments
 // alone, resolving buses through the controllers.
 func (d *Domain) deviceBuilder(dev Device, opts CommandOptions) (*builder, error) {
+	if opts.VNCListen == "" {
+		opts.VNCListen = "127.0.0.1"
+	}
 	if opts.LibDir == "" {
 		opts.LibDir = opts.DomainDir
 	}
@@ -510,9 +513,7 @@ func (d *Domain) deviceBuilder(dev Device, opts CommandOptions) (*builder, error
 	full := child(x.root, "devices")
 	sub := etree.NewElement("devices")
 	for _, c := range children(full, "controller") {
-		if dev.e.Tag == "controller" || c != nil {
-			sub.AddChild(c.Copy())
-		}
+		sub.AddChild(c.Copy())
 	}
 	if dev.e.Tag != "controller" {
 		sub.AddChild(dev.e.Copy())

@@ -158,7 +158,7 @@ func (d *Driver) hotplugState(r *run) (*hotplugState, error) {
 	if b, err := os.ReadFile(r.hotplugPath()); err == nil && json.Unmarshal(b, st) == nil && st.Nodes != nil {
 		return st, nil
 	}
-	nodes, high, err := domain.BlockNodes(r.def(), d.commandOptions(r))
+	nodes, high, err := domain.BlockNodes(r.def(), d.liveCommandOptions(r))
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +174,9 @@ func (r *run) saveHotplugState(st *hotplugState) error {
 	return os.Rename(tmp, r.hotplugPath())
 }
 
-func (d *Driver) commandOptions(r *run) domain.CommandOptions {
+// liveCommandOptions are the command options of r's QEMU, for building
+// its devices as at start.
+func (d *Driver) liveCommandOptions(r *run) domain.CommandOptions {
 	live := r.def()
 	emu, _, err := d.caps.Lookup(live.Arch(), live.Type(), live.Machine(), live.Emulator())
 	if err != nil {
@@ -459,7 +461,7 @@ func (d *Driver) hotplug(ctx context.Context, r *run, live *domain.Domain, devs 
 		undoAll()
 		return nil, nil, err
 	}
-	opts := d.commandOptions(r)
+	opts := d.liveCommandOptions(r)
 	for _, v := range devs {
 		steps, nodes, high, err := live.HotplugSteps(v, domain.HotplugOptions{Command: opts, NodeBase: st.High})
 		if err != nil {
@@ -675,7 +677,7 @@ func (d *Driver) finishUnplug(ctx context.Context, r *run, id string) error {
 			}
 		}
 		delete(st.Nodes, id)
-	} else if steps, _, _, err := r.def().HotplugSteps(dev, domain.HotplugOptions{Command: d.commandOptions(r), NodeBase: st.High}); err == nil {
+	} else if steps, _, _, err := r.def().HotplugSteps(dev, domain.HotplugOptions{Command: d.liveCommandOptions(r), NodeBase: st.High}); err == nil {
 		for i := len(steps) - 1; i >= 0; i-- {
 			s := steps[i]
 			if s.Command == "device_add" {
@@ -787,7 +789,7 @@ func (d *Driver) changeMedia(ctx context.Context, r *run, live *domain.Domain, c
 		}
 	}
 	if len(newFiles) > 0 {
-		steps, nodes, high, err := live.HotplugSteps(ch.New, domain.HotplugOptions{Command: d.commandOptions(r), NodeBase: st.High})
+		steps, nodes, high, err := live.HotplugSteps(ch.New, domain.HotplugOptions{Command: d.liveCommandOptions(r), NodeBase: st.High})
 		if err != nil {
 			return errorf(ErrInvalid, "update %s: %w", name, err)
 		}

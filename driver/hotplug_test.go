@@ -78,6 +78,13 @@ func peripherals(t *testing.T, d *Driver, name string) string {
 	return " " + strings.Join(out, " ") + " "
 }
 
+// aliasAfter is the alias of the device whose XML has marker.
+func aliasAfter(xml, marker string) string {
+	rest := xml[strings.Index(xml, marker):]
+	rest = rest[strings.Index(rest, "<alias name='")+len("<alias name='"):]
+	return rest[:strings.IndexByte(rest, '\'')]
+}
+
 func liveOf(d *Driver, name string) string { b, _ := d.LiveXML(name); return string(b) }
 func cfgOf(d *Driver, name string) string  { b, _ := d.Config(name); return string(b) }
 
@@ -208,6 +215,23 @@ func TestHotplug(t *testing.T) {
 	}
 	if !strings.Contains(liveOf(d, "h"), "<link state='down'/>") {
 		t.Error("link state not in live.xml")
+	}
+	// A tap NIC (QEMU makes the tap, as at start) on USB, which unplugs
+	// without a guest: netdev_del closes the tap.
+	if _, err := os.Stat("/dev/net/tun"); err == nil && os.Geteuid() == 0 {
+		tap := fmt.Sprintf("qfshp%d", os.Getpid()%10000000)
+		if err := req("attach", fmt.Sprintf("<interface type='ethernet'><target dev='%s'/><model type='usb-net'/></interface>", tap)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat("/sys/class/net/" + tap); err != nil {
+			t.Errorf("tap %s not made: %v", tap, err)
+		}
+		if err := req("detach", "<alias name='"+aliasAfter(liveOf(d, "h"), tap)+"'/>"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat("/sys/class/net/" + tap); err == nil {
+			t.Errorf("tap %s still there after detach", tap)
+		}
 	}
 	chanXML := "<channel type='unix'><target type='virtio' name='org.qemufs.test.0'/></channel>"
 	if err := req("attach", chanXML); err != nil {
