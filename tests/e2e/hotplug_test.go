@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -207,4 +210,57 @@ func TestHotplugErrors(t *testing.T) {
 		t.Error("the disk left live.xml though the guest did not release it")
 	}
 	m.MustCtl("he", "destroy")
+}
+
+// TestHotplugBlockDevice: a block device attached to a confined guest is
+// added to its cgroup device ACL, given a node in QEMU's private /dev and
+// to QEMU's user; detached, all three are undone. (USB, so that the
+// paused guest needs no OS to let it go.)
+func TestHotplugBlockDevice(t *testing.T) {
+	t.Parallel()
+	uid, _ := qemuIDs(t)
+	loop := loopDevice(t)
+	m := harness.Start(t, harness.Options{System: true})
+	before := ownerOf(t, loop)
+	m.Define("hb", harness.GuestXML(t, "hb", guest.ActionNone, ""))
+	m.MustCtl("hb", "start --paused")
+	pid := m.Pid("hb")
+	acl := func() []string {
+		if d, ok := procCgroups(t, pid)["devices"]; ok {
+			return linesOf(filepath.Join(d, "devices.list"))
+		}
+		return nil
+	}
+	_, hasACL := procCgroups(t, pid)["devices"]
+	entry := aclEntry(t, loop)
+	inNS := fmt.Sprintf("/proc/%d/root%s", pid, loop)
+	if slices.Contains(acl(), entry) {
+		t.Fatalf("%s in the ACL before it was attached", entry)
+	}
+	xml := "<disk type='block'><driver name='qemu' type='raw'/><source dev='" + loop + "'/><target dev='sdb' bus='usb'/></disk>"
+	if err := m.Write(xml, "hb", "attach"); err != nil {
+		t.Fatalf("attach %s: %v (error: %s)", loop, err, m.ErrorOf("hb"))
+	}
+	if hasACL && !slices.Contains(acl(), entry) {
+		t.Errorf("devices.list lacks %s after attach:\n%s", entry, strings.Join(acl(), "\n"))
+	}
+	if o := ownerOf(t, loop); o.UID != uid {
+		t.Errorf("attached %s owned by %v, want uid %d", loop, o, uid)
+	}
+	if _, err := os.Stat(inNS); err != nil {
+		t.Errorf("no %s in QEMU's /dev: %v", loop, err)
+	}
+	if err := m.Write("<disk><target dev='sdb'/></disk>", "hb", "detach"); err != nil {
+		t.Fatalf("detach: %v (error: %s)", err, m.ErrorOf("hb"))
+	}
+	if slices.Contains(acl(), entry) {
+		t.Errorf("%s still in devices.list after detach", entry)
+	}
+	if o := ownerOf(t, loop); o != before {
+		t.Errorf("detached %s owned by %v, want %v", loop, o, before)
+	}
+	if _, err := os.Stat(inNS); err == nil {
+		t.Errorf("%s still in QEMU's /dev after detach", loop)
+	}
+	m.MustCtl("hb", "destroy")
 }
