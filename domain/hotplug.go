@@ -185,6 +185,12 @@ func (d *Domain) AddDevice(xml []byte, caps *capabilities.Capabilities) (*Domain
 	if err := x.check(); err != nil {
 		return nil, Device{}, nil, err
 	}
+	// Device models and backends the emulator lacks, as a define finds.
+	if caps != nil {
+		if err := x.Validate(caps); err != nil {
+			return nil, Device{}, nil, err
+		}
+	}
 	var implicit []Device
 	for _, c := range devs.ChildElements() {
 		if !before[c] && c != e {

@@ -145,6 +145,7 @@ func TestHotplug(t *testing.T) {
 		{"unknown bus", "attach", strings.Replace(strings.Replace(disk, "vdb", "xda", 1), "virtio", "bogus", 1), ErrInvalid, "bogus"},
 		{"video", "attach", "<video><model type='vga'/></video>", ErrInvalid, "cannot be hot-plugged"},
 		{"pci address taken", "attach", strings.Replace(strings.Replace(disk, "vdb", "vde", 1), "</disk>", addr(live)+"/></disk>", 1), ErrInvalid, "already used"},
+		{"unknown NIC model", "attach", "<interface type='user'><model type='bogus'/></interface>", ErrInvalid, "bogus"},
 		{"bad flag", "attach", "--bogus\n" + disk, ErrInvalid, "--bogus"},
 		{"detach unknown", "detach", "<alias name='nope'/>", ErrNoDevice, "nope"},
 		{"detach no key", "detach", "<interface type='user'/>", ErrInvalid, "mac"},
