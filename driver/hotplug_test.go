@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -355,5 +356,91 @@ func TestHotplugSurvivesRestart(t *testing.T) {
 	}
 	if got := nodeNames(t, d2, "r"); len(got) != 0 {
 		t.Errorf("nodes %v left after detach", got)
+	}
+}
+
+// TestHotplugKinds attaches the other device classes to a real paused
+// QEMU and checks QEMU has them, and unplugs those that need no guest.
+func TestHotplugKinds(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed")
+	}
+	d := newDriver(t)
+	ctx := context.Background()
+	d.Create("k")
+	d.Define("k", []byte(hotplugXML("k")))
+	if err := d.Control(ctx, "k", "start --paused"); err != nil {
+		t.Fatal(err)
+	}
+	req := func(op, xml string) {
+		t.Helper()
+		if err := d.DeviceRequest(ctx, "k", op, []byte(xml)); err != nil {
+			t.Fatalf("%s %s: %v", op, xml, err)
+		}
+	}
+	dir := t.TempDir()
+	base := rawImage(t, dir, "base.raw")
+	top := filepath.Join(dir, "top.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	nodes0 := len(nodeNames(t, d, "k"))
+
+	// qcow2 with its backing chain, on a SCSI controller attached first:
+	// four nodes (two layers), all gone after detach.
+	req("attach", "<controller type='scsi' model='virtio-scsi'/>")
+	if !strings.Contains(peripherals(t, d, "k"), " scsi0 ") {
+		t.Fatalf("no scsi0 in QEMU: %s", peripherals(t, d, "k"))
+	}
+	req("attach", fmt.Sprintf(`<disk type='file'><driver name='qemu' type='qcow2'/><source file='%s'/>
+<backingStore type='file'><format type='raw'/><source file='%s'/></backingStore><target dev='sdc' bus='scsi'/></disk>`, top, base))
+	if got := len(nodeNames(t, d, "k")); got != nodes0+4 {
+		t.Errorf("%d block nodes after attaching a two-layer disk, want %d", got, nodes0+4)
+	}
+	var blocks []struct {
+		Qdev     string `json:"qdev"`
+		Inserted *struct {
+			File        string `json:"file"`
+			BackingFile string `json:"backing_file"`
+		} `json:"inserted"`
+	}
+	json.Unmarshal(qmpOf(t, d, "k", "query-block", nil), &blocks)
+	found := false
+	for _, b := range blocks {
+		if b.Inserted != nil && b.Inserted.File == top {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("QEMU has no disk on %s: %+v", top, blocks)
+	}
+	req("detach", "<disk><target dev='sdc'/></disk>")
+	if got := len(nodeNames(t, d, "k")); got != nodes0 {
+		t.Errorf("%d block nodes after detach, want %d", got, nodes0)
+	}
+
+	// An rng: its backend object and device.
+	req("attach", "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
+	var objs []struct {
+		Name string `json:"name"`
+	}
+	json.Unmarshal(qmpOf(t, d, "k", "qom-list", map[string]string{"path": "/objects"}), &objs)
+	hasObj := false
+	for _, o := range objs {
+		hasObj = hasObj || o.Name == "objrng0"
+	}
+	if !hasObj || !strings.Contains(peripherals(t, d, "k"), " rng0 ") {
+		t.Errorf("rng not in QEMU: objects %+v, devices %s", objs, peripherals(t, d, "k"))
+	}
+
+	// A USB serial port on a pty: its chardev and device; unplugged at once.
+	req("attach", "<serial type='pty'><target type='usb-serial' port='1'/></serial>")
+	l := liveOf(d, "k")
+	if !strings.Contains(peripherals(t, d, "k"), " serial1 ") {
+		t.Fatalf("usb-serial not in QEMU: %s\n%s", peripherals(t, d, "k"), l)
+	}
+	req("detach", "<alias name='serial1'/>")
+	if strings.Contains(peripherals(t, d, "k"), " serial1 ") || strings.Contains(liveOf(d, "k"), "serial1") {
+		t.Error("usb-serial still there after detach")
 	}
 }
