@@ -569,7 +569,13 @@ func BlockNodes(d *Domain, opts CommandOptions) (map[string][]string, int, error
 		case "-device":
 			if len(pending) > 0 && qomType(cmd.Args[i+1], "drive") != "" {
 				out[qomType(cmd.Args[i+1], "id")] = pending
-				pending = nil
+			}
+			pending = nil
+		case "-object":
+			// a disk's throttle group, between its nodes and its device
+		default:
+			if strings.HasPrefix(cmd.Args[i], "-") {
+				pending = nil // nodes no disk device uses (firmware pflash)
 			}
 		}
 	}

@@ -332,16 +332,21 @@ func TestHotplug(t *testing.T) {
 }
 
 // TestHotplugSurvivesRestart: a disk attached before a daemon restart is
-// detached by the next daemon with the node names the first one chose.
+// detached by the next daemon with the node names the first one chose,
+// and a disk the guest started with by the names its command line gave.
 func TestHotplugSurvivesRestart(t *testing.T) {
 	d := newDriver(t)
 	ctx := context.Background()
 	d.Create("r")
-	d.Define("r", []byte(hotplugXML("r")))
+	dir := t.TempDir()
+	bootDisk := fmt.Sprintf("<disk type='file'><source file='%s'/><target dev='sdc' bus='usb'/></disk>\n<serial", rawImage(t, dir, "boot.img"))
+	if err := d.Define("r", []byte(strings.Replace(hotplugXML("r"), "<serial", bootDisk, 1))); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Control(ctx, "r", "start --paused"); err != nil {
 		t.Fatal(err)
 	}
-	img := rawImage(t, t.TempDir(), "u.img")
+	img := rawImage(t, dir, "u.img")
 	if err := d.DeviceRequest(ctx, "r", "attach", []byte(fmt.Sprintf(`<disk type='file'><source file='%s'/><target dev='sdb' bus='usb'/></disk>`, img))); err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +356,12 @@ func TestHotplugSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d2.Control(ctx, "r", "destroy"); d2.Close() })
+	// The disk attached by the first daemon and the one the guest started
+	// with: both unplug with their nodes.
 	if err := d2.DeviceRequest(ctx, "r", "detach", []byte("<alias name='usb-disk1'/>")); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.DeviceRequest(ctx, "r", "detach", []byte("<disk><target dev='sdc'/></disk>")); err != nil {
 		t.Fatal(err)
 	}
 	if got := nodeNames(t, d2, "r"); len(got) != 0 {
