@@ -720,20 +720,17 @@ func (d *Driver) update(ctx context.Context, dm *dom, spec []byte, o DeviceOptio
 		}
 	}
 	if config {
-		cspec := spec
+		var cch domain.Change
 		var cerr error
-		newCfg, _, cerr = def.UpdateDevice(cspec, d.caps)
+		newCfg, cch, cerr = def.UpdateDevice(spec, d.caps)
 		if cerr != nil && live && errors.Is(cerr, domain.ErrNoSuchDevice) && !o.Config {
-			newCfg = nil
+			newCfg = nil // attached --live only
 		} else if cerr != nil {
 			return deviceErr("update", name, fmt.Errorf("config.xml: %w", cerr))
-		}
-		if !live && newCfg != nil {
-			// Check the new media exists, as a live change would.
-			if _, c, err := def.UpdateDevice(spec, d.caps); err == nil {
-				if err := checkSources("update", name, c.New); err != nil {
-					return err
-				}
+		} else if !live {
+			// The new media must exist, as for a live change.
+			if err := checkSources("update", name, cch.New); err != nil {
+				return err
 			}
 		}
 	}
