@@ -454,3 +454,38 @@ func TestHotplugKinds(t *testing.T) {
 		t.Error("usb-serial still there after detach")
 	}
 }
+
+// TestHotplugQ35: on q35 a PCI device goes to the empty root port that
+// expansion keeps for hot-plug; when none is left, attach says so instead
+// of adding a root port QEMU could not hot-plug.
+func TestHotplugQ35(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	d.Create("q")
+	xml := strings.Replace(hotplugXML("q"), "machine='pc'", "machine='q35'", 1)
+	xml = strings.Replace(xml, "<target dev='hdc' bus='ide'/>", "<target dev='sda' bus='sata'/>", 1)
+	if err := d.Define("q", []byte(xml)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Control(ctx, "q", "start --paused"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	disk := func(dev string) string {
+		return fmt.Sprintf(`<disk type='file'><source file='%s'/><target dev='%s' bus='virtio'/></disk>`, rawImage(t, dir, dev+".img"), dev)
+	}
+	if err := d.DeviceRequest(ctx, "q", "attach", []byte(disk("vdb"))); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(peripherals(t, d, "q"), " virtio-disk1 ") {
+		t.Fatalf("virtio-disk1 not in QEMU: %s", peripherals(t, d, "q"))
+	}
+	live := liveOf(d, "q")
+	err := d.DeviceRequest(ctx, "q", "attach", []byte(disk("vdc")))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "cannot be hot-plugged") {
+		t.Fatalf("attach with no free root port: %v, want ErrInvalid", err)
+	}
+	if liveOf(d, "q") != live {
+		t.Error("a refused attach changed live.xml")
+	}
+}
