@@ -35,6 +35,9 @@ const (
 // --persistent), the persistent definition alone when it is shut off.
 type DeviceOptions struct {
 	Live, Config bool
+	// Persistent is both when the domain runs, config.xml when it does
+	// not (virsh's --persistent).
+	Persistent bool
 	// Timeout bounds a detach's wait for the guest (0: DefaultDetachTimeout).
 	Timeout time.Duration
 }
@@ -58,7 +61,7 @@ func ParseDeviceRequest(data []byte) (DeviceOptions, []byte, error) {
 			case f == "--config":
 				o.Config = true
 			case f == "--persistent":
-				o.Live, o.Config = true, true
+				o.Persistent = true
 			case strings.HasPrefix(f, "--timeout="):
 				n, err := strconv.ParseFloat(strings.TrimPrefix(f, "--timeout="), 64)
 				if err != nil || n <= 0 || n > 3600 {
@@ -131,8 +134,8 @@ func (dm *dom) targets(op string, o DeviceOptions) (def *domain.Domain, r *run, 
 		return nil, nil, false, false, errorf(ErrInvalid, "%s %s: the domain is not defined", op, dm.name)
 	}
 	live, config = o.Live, o.Config
-	if !live && !config {
-		live, config = r != nil, true
+	if !live && !config || o.Persistent {
+		live, config = live || r != nil, true
 	}
 	if live && r == nil {
 		return nil, nil, false, false, errorf(ErrBusy, "%s %s: the domain is not running (use --config to change its definition only)", op, dm.name)

@@ -489,3 +489,32 @@ func TestHotplugQ35(t *testing.T) {
 		t.Error("a refused attach changed live.xml")
 	}
 }
+
+func TestParseDeviceRequest(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want DeviceOptions
+		xml  string
+		err  string
+	}{
+		{"<disk/>", DeviceOptions{}, "<disk/>", ""},
+		{"--live\n<disk/>", DeviceOptions{Live: true}, "<disk/>", ""},
+		{"--config --timeout=2.5\n  <disk/>\n", DeviceOptions{Config: true, Timeout: 2500 * time.Millisecond}, "<disk/>\n", ""},
+		{"--live\n--config\n<a/>", DeviceOptions{Live: true, Config: true}, "<a/>", ""},
+		{"--persistent\n<a/>", DeviceOptions{Persistent: true}, "<a/>", ""},
+		{"--bogus\n<a/>", DeviceOptions{}, "", "--bogus"},
+		{"--timeout=0\n<a/>", DeviceOptions{}, "", "--timeout"},
+		{"--timeout=x\n<a/>", DeviceOptions{}, "", "--timeout"},
+	} {
+		o, xml, err := ParseDeviceRequest([]byte(tt.in))
+		if tt.err != "" {
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%q: %v, want ErrInvalid mentioning %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || o != tt.want || string(xml) != tt.xml {
+			t.Errorf("%q: %+v %q %v; want %+v %q", tt.in, o, xml, err, tt.want, tt.xml)
+		}
+	}
+}
