@@ -521,11 +521,17 @@ func (d *Domain) deviceBuilder(dev Device, opts CommandOptions) (*builder, error
 	for _, c := range children(full, "controller") {
 		sub.AddChild(c.Copy())
 	}
-	if dev.e.Tag != "controller" {
-		sub.AddChild(dev.e.Copy())
-	}
 	b := &builder{d: x, t: newTarget(opts.Emulator), opts: opts, devs: sub, kind: kindOf(x.Machine()),
 		overrides: map[string][]Override{}, bootIndex: map[*etree.Element]int{}, fdcBoot: map[int]int{}}
+	if dev.e.Tag != "controller" {
+		e := dev.e.Copy()
+		sub.AddChild(e)
+		// A per-device boot order is the device's bootindex, as at start.
+		if bt := child(e, "boot"); bt != nil && len(children(child(x.root, "os"), "boot")) == 0 {
+			n, _ := strconv.Atoi(attr(bt, "order"))
+			b.bootIndex[e] = n
+		}
+	}
 	for _, o := range x.QEMUOverrides() {
 		b.overrides[o.Alias] = append(b.overrides[o.Alias], o)
 	}

@@ -160,6 +160,15 @@ func TestHotplugSteps(t *testing.T) {
 		t.Errorf("nodes %v high %d", nodes, high)
 	}
 
+	bd := expanded(t, strings.Replace(hotplugBase, "<target dev='vda' bus='virtio'/>", "<target dev='vda' bus='virtio'/><boot order='1'/>", 1))
+	x, v, _, err := bd.AddDevice([]byte(`<disk type='file'><source file='/c.raw'/><target dev='vdc' bus='virtio'/><boot order='3'/></disk>`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := steps(t, x, v, 0); !strings.Contains(got[len(got)-1], `"bootindex":3`) {
+		t.Errorf("boot order not passed as bootindex:\n%s", strings.Join(got, "\n"))
+	}
+
 	x, v = add(`<interface type='user'><model type='virtio'/></interface>`)
 	got = steps(t, x, v, 0)
 	id := v.Alias()

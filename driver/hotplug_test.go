@@ -378,7 +378,10 @@ func TestHotplugKinds(t *testing.T) {
 	d := newDriver(t)
 	ctx := context.Background()
 	d.Create("k")
-	d.Define("k", []byte(hotplugXML("k")))
+	floppy := "<disk type='file' device='floppy'><target dev='fda' bus='fdc'/></disk>\n<serial"
+	if err := d.Define("k", []byte(strings.Replace(hotplugXML("k"), "<serial", floppy, 1))); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Control(ctx, "k", "start --paused"); err != nil {
 		t.Fatal(err)
 	}
@@ -441,6 +444,32 @@ func TestHotplugKinds(t *testing.T) {
 	}
 	if !hasObj || !strings.Contains(peripherals(t, d, "k"), " rng0 ") {
 		t.Errorf("rng not in QEMU: objects %+v, devices %s", objs, peripherals(t, d, "k"))
+	}
+
+	// Floppy media in and out.
+	fd := rawImage(t, dir, "fd.img")
+	req("update", fmt.Sprintf("<disk type='file' device='floppy'><source file='%s'/><target dev='fda'/></disk>", fd))
+	floppyFile := func() string {
+		var blocks []struct {
+			Qdev     string `json:"qdev"`
+			Inserted *struct {
+				File string `json:"file"`
+			} `json:"inserted"`
+		}
+		json.Unmarshal(qmpOf(t, d, "k", "query-block", nil), &blocks)
+		for _, b := range blocks {
+			if strings.Contains(b.Qdev, "fdc0-0-0") && b.Inserted != nil {
+				return b.Inserted.File
+			}
+		}
+		return ""
+	}
+	if got := floppyFile(); got != fd {
+		t.Errorf("floppy holds %q, want %s", got, fd)
+	}
+	req("update", "<disk device='floppy'><target dev='fda'/></disk>")
+	if got := floppyFile(); got != "" {
+		t.Errorf("floppy holds %q after eject", got)
 	}
 
 	// A USB serial port on a pty: its chardev and device; unplugged at once.
