@@ -80,7 +80,7 @@ func TestAddDevice(t *testing.T) {
 		t.Errorf("channel %q, implicit %v", ch.Alias(), implicit)
 	}
 	_, nic, _, err := d.AddDevice([]byte(`<interface type='user'/>`), nil)
-	if err != nil || !strings.Contains(string(nic.XML()), "<mac address='52:54:00:") || nic.Alias() == "net0" {
+	if err != nil || !strings.Contains(string(nic.XML()), "<mac address='52:54:00:") || nic.Alias() != "net1" {
 		t.Errorf("NIC %v:\n%s", err, nic.XML())
 	}
 
