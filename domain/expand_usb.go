@@ -63,6 +63,11 @@ func (x *expander) usbDevices() []*etree.Element {
 			out = append(out, s)
 		}
 	}
+	for _, n := range children(x.devs, "interface") {
+		if attr(child(n, "model"), "type") == "usb-net" {
+			out = append(out, n) // a USB NIC, not a PCI one
+		}
+	}
 	return out
 }
 

@@ -228,6 +228,9 @@ func TestHotplug(t *testing.T) {
 		if _, err := os.Stat("/sys/class/net/" + tap); err != nil {
 			t.Errorf("tap %s not made: %v", tap, err)
 		}
+		if l := liveOf(d, "h"); !strings.Contains(l[strings.Index(l, tap):], "<address type='usb'") {
+			t.Errorf("the USB NIC has no USB address:\n%s", l)
+		}
 		if err := req("detach", "<alias name='"+aliasAfter(liveOf(d, "h"), tap)+"'/>"); err != nil {
 			t.Fatal(err)
 		}
