@@ -46,6 +46,16 @@ func (v Device) Disk() (Disk, bool) {
 	return d.Disks()[0], true
 }
 
+// Interface returns the interface view of an <interface> device.
+func (v Device) Interface() (Interface, bool) {
+	if v.e.Tag != "interface" {
+		return Interface{}, false
+	}
+	d := &Domain{root: etree.NewElement("domain")}
+	d.root.CreateElement("devices").AddChild(v.e.Copy())
+	return d.Interfaces()[0], true
+}
+
 // Describe names the device for messages: "disk vdb (virtio-disk1)".
 func (v Device) Describe() string {
 	s := v.e.Tag

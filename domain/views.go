@@ -209,6 +209,8 @@ type Interface struct {
 	Model  string
 	Source string // network name, bridge name, device, socket path
 	Alias  string
+	// LinkState is <link state>: "up", "down", or "" (up).
+	LinkState string
 }
 
 // Interfaces returns the network interfaces.
@@ -222,6 +224,8 @@ func (d *Domain) Interfaces() []Interface {
 			Model:  attr(child(e, "model"), "type"),
 			Source: attr(src, "network") + attr(src, "bridge") + attr(src, "dev") + attr(src, "path"),
 			Alias:  attr(child(e, "alias"), "name"),
+
+			LinkState: attr(child(e, "link"), "state"),
 		})
 	}
 	return out

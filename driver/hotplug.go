@@ -494,7 +494,7 @@ func (d *Driver) hotplug(ctx context.Context, r *run, live *domain.Domain, devs 
 		if high > st.High {
 			st.High = high
 		}
-		if v.Tag() == "interface" && strings.Contains(string(v.XML()), "state='down'") {
+		if n, ok := v.Interface(); ok && n.LinkState == "down" {
 			if err := q.exec(qctx, "set_link", map[string]any{"name": v.Alias(), "up": false}, nil); err != nil {
 				return fail(qemuErr("attach", name, err))
 			}
@@ -504,6 +504,24 @@ func (d *Driver) hotplug(ctx context.Context, r *run, live *domain.Domain, devs 
 		return fail(errorf(ErrIO, "attach %s: %w", name, err))
 	}
 	return undoAll, q, nil
+}
+
+// applyLinkStates sets the link of every interface whose definition says
+// <link state='down'/> once QEMU is up (the command line has no way to),
+// so a link set down with update stays down across a restart.
+func (d *Driver) applyLinkStates(ctx context.Context, r *run) error {
+	for _, n := range r.def().Interfaces() {
+		if n.LinkState != "down" || n.Alias == "" {
+			continue
+		}
+		qctx, cancel := qmpContext(ctx)
+		err := r.mon.Execute(qctx, "set_link", map[string]any{"name": n.Alias, "up": false}, nil)
+		cancel()
+		if err != nil {
+			return qemuErr("start", r.dm.name, fmt.Errorf("link of %s: %w", n.Alias, err))
+		}
+	}
+	return nil
 }
 
 // detach removes a device: the guest is asked to release it (device_del)
@@ -547,7 +565,7 @@ func (d *Driver) detach(ctx context.Context, dm *dom, spec []byte, o DeviceOptio
 		if timeout == 0 {
 			timeout = DefaultDetachTimeout
 		}
-		if err := d.unplug(ctx, r, dev, timeout); err != nil {
+		if err := d.unplug(ctx, r, dev, timeout, newCfg != nil); err != nil {
 			return err
 		}
 	}
@@ -567,8 +585,10 @@ func deviceErr(op, name string, err error) error {
 }
 
 // unplug asks QEMU to remove dev and waits for the guest to let it go.
-// The caller holds dm.op.
-func (d *Driver) unplug(ctx context.Context, r *run, dev domain.Device, timeout time.Duration) error {
+// When it gives up waiting, a late release is still finished, and then
+// also removes the device from config.xml when withConfig. The caller
+// holds dm.op.
+func (d *Driver) unplug(ctx context.Context, r *run, dev domain.Device, timeout time.Duration, withConfig bool) error {
 	name, id := r.dm.name, dev.Alias()
 	if id == "" {
 		return errorf(ErrInvalid, "detach %s: %s has no alias, so QEMU cannot name it", name, dev.Describe())
@@ -590,7 +610,7 @@ func (d *Driver) unplug(ctx context.Context, r *run, dev domain.Device, timeout 
 	wcancel()
 	if !released {
 		d.appendLog(r.files.Log, "detach %s: the guest has not released it after %s", dev.Describe(), timeout)
-		go d.lateUnplug(r, events, id)
+		go d.lateUnplug(r, events, id, withConfig)
 		if ctx.Err() != nil {
 			return errorf(ErrInterrupted, "detach %s: interrupted while waiting for the guest to release %s; it stays in live.xml until the guest does", name, dev.Describe())
 		}
@@ -627,7 +647,7 @@ func waitDeleted(ctx context.Context, events interface {
 // waiting, as long as the run lasts.
 func (d *Driver) lateUnplug(r *run, events interface {
 	ReadLine(context.Context, []byte) (int, error)
-}, id string) {
+}, id string, withConfig bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		select {
@@ -654,6 +674,21 @@ func (d *Driver) lateUnplug(r *run, events interface {
 	}
 	if err := d.finishUnplug(ctx, r, id); err != nil {
 		d.appendLog(r.files.Log, "late unplug of %s: %v", id, err)
+		return
+	}
+	if !withConfig {
+		return
+	}
+	dm.mu.Lock()
+	def := dm.def
+	dm.mu.Unlock()
+	if def == nil {
+		return
+	}
+	if cfg, _, err := def.RemoveDevice([]byte(fmt.Sprintf("<alias name='%s'/>", id))); err == nil {
+		if err := d.commitConfig(dm, cfg); err != nil {
+			d.appendLog(r.files.Log, "late unplug of %s: config.xml: %v", id, err)
+		}
 	}
 }
 

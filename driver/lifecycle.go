@@ -344,6 +344,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	}
 	r.refreshLive()
 	d.noteTaints(r)
+	if err := d.applyLinkStates(ctx, r); err != nil {
+		return err
+	}
 
 	dm.mu.Lock()
 	dm.run = r

@@ -128,6 +128,17 @@ func TestHotplugNICAndMedia(t *testing.T) {
 		t.Fatalf("NIC not in live.xml:\n%s", live)
 	}
 	m.WaitGuest("nm", "ls /sys/class/net", hotplugWait, func(s string) bool { return strings.Contains(s, "eth0") })
+	// Link state: the guest sees the carrier go and come back.
+	carrier := "ip link set eth0 up; cat /sys/class/net/eth0/carrier"
+	m.WaitGuest("nm", carrier, hotplugWait, func(s string) bool { return strings.TrimSpace(s) == "1" })
+	if err := m.Write("<interface><alias name='net0'/><link state='down'/></interface>", "nm", "update"); err != nil {
+		t.Fatalf("link down: %v (error: %s)", err, m.ErrorOf("nm"))
+	}
+	m.WaitGuest("nm", carrier, hotplugWait, func(s string) bool { return strings.TrimSpace(s) == "0" })
+	if err := m.Write("<interface><alias name='net0'/><link state='up'/></interface>", "nm", "update"); err != nil {
+		t.Fatalf("link up: %v (error: %s)", err, m.ErrorOf("nm"))
+	}
+	m.WaitGuest("nm", carrier, hotplugWait, func(s string) bool { return strings.TrimSpace(s) == "1" })
 	if err := m.Write("--timeout=120\n<alias name='net0'/>", "nm", "detach"); err != nil {
 		t.Fatalf("detach NIC: %v (error: %s)", err, m.ErrorOf("nm"))
 	}
@@ -152,8 +163,11 @@ func TestHotplugNICAndMedia(t *testing.T) {
 			t.Error("the NIC left live.xml though detach said EBUSY")
 		}
 		waitFor(t, hotplugWait, func() error {
-			if strings.Contains(m.Read("nm", "live.xml"), alias) {
+			if strings.Contains(m.Read("nm", "live.xml"), "<interface") {
 				return errors.New("the NIC the guest released late is still in live.xml")
+			}
+			if strings.Contains(m.Read("nm", "config.xml"), "<interface") {
+				return errors.New("the NIC the guest released late is still in config.xml")
 			}
 			return nil
 		})
@@ -181,6 +195,17 @@ func TestHotplugNICAndMedia(t *testing.T) {
 		t.Error("ejected media still in live.xml")
 	}
 	m.WaitGuest("nm", "dd if=/dev/sr0 bs=2048 count=1 >/dev/null 2>&1; echo rc=$?", time.Minute, func(s string) bool { return strings.Contains(s, "rc=1") })
+
+	// A link set down stays down across a restart: config.xml has it and
+	// start applies it.
+	if err := m.Write("<interface type='user'><model type='virtio'/><link state='down'/></interface>", "nm", "attach"); err != nil {
+		t.Fatalf("attach NIC with link down: %v (error: %s)", err, m.ErrorOf("nm"))
+	}
+	m.WaitGuest("nm", carrier, hotplugWait, func(s string) bool { return strings.TrimSpace(s) == "0" })
+	m.MustCtl("nm", "destroy")
+	m.MustCtl("nm", "start")
+	m.WaitConsole("nm", guest.ReadyLine, hotplugWait)
+	m.WaitGuest("nm", carrier, hotplugWait, func(s string) bool { return strings.TrimSpace(s) == "0" })
 	m.MustCtl("nm", "destroy")
 }
 
