@@ -158,8 +158,12 @@ func (r *run) hotplugPath() string { return filepath.Join(r.files.DomDir, "hotpl
 // what the command line gave the disks the guest started with.
 func (d *Driver) hotplugState(r *run) (*hotplugState, error) {
 	st := &hotplugState{}
-	if b, err := os.ReadFile(r.hotplugPath()); err == nil && json.Unmarshal(b, st) == nil && st.Nodes != nil {
-		return st, nil
+	if f, err := os.OpenFile(r.hotplugPath(), os.O_RDONLY|unix.O_NOFOLLOW, 0); err == nil {
+		err = json.NewDecoder(f).Decode(st)
+		f.Close()
+		if err == nil && st.Nodes != nil {
+			return st, nil
+		}
 	}
 	nodes, high, err := domain.BlockNodes(r.def(), d.liveCommandOptions(r))
 	if err != nil {
@@ -168,13 +172,28 @@ func (d *Driver) hotplugState(r *run) (*hotplugState, error) {
 	return &hotplugState{Nodes: nodes, High: high}, nil
 }
 
+// saveHotplugState writes the state through a fresh temporary file
+// (O_EXCL, so a link QEMU's user left in its directory is never
+// followed) renamed over the old one; like the status file it skips
+// fsync, as the run directory does not outlive a reboot.
 func (r *run) saveHotplugState(st *hotplugState) error {
 	b, _ := json.Marshal(st)
-	tmp := r.hotplugPath() + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.CreateTemp(r.files.DomDir, ".hotplug-*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, r.hotplugPath())
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), r.hotplugPath())
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("hotplug state: %w", err)
+	}
+	return nil
 }
 
 // liveCommandOptions are the command options of r's QEMU, for building
