@@ -46,6 +46,16 @@ func (v Device) Disk() (Disk, bool) {
 	return d.Disks()[0], true
 }
 
+// Chardev returns the character device view of a serial, console,
+// parallel or channel device.
+func (v Device) Chardev() (Chardev, bool) {
+	switch v.e.Tag {
+	case "serial", "console", "parallel", "channel":
+		return chardevOf(v.e), true
+	}
+	return Chardev{}, false
+}
+
 // Interface returns the interface view of an <interface> device.
 func (v Device) Interface() (Interface, bool) {
 	if v.e.Tag != "interface" {

@@ -258,6 +258,33 @@ func diskFiles(v domain.Device) []security.Disk {
 	return out
 }
 
+// deviceFiles are the host files QEMU opens for a device, for the
+// security stack: a disk's images, a character device's output and log
+// files (made first, as a start makes them). Sockets QEMU creates in the
+// guest's own directory need nothing.
+func deviceFiles(v domain.Device, create bool) ([]security.Disk, error) {
+	if out := diskFiles(v); out != nil {
+		return out, nil
+	}
+	c, ok := v.Chardev()
+	if !ok {
+		return nil, nil
+	}
+	var out []security.Disk
+	for _, p := range []string{c.Path, c.LogFile} {
+		if p == "" || p == c.Path && c.Type != "file" {
+			continue
+		}
+		if create {
+			if err := touch(p); err != nil {
+				return nil, fmt.Errorf("%s output %s: %w", v.Describe(), p, err)
+			}
+		}
+		out = append(out, security.Disk{Path: p})
+	}
+	return out, nil
+}
+
 // checkSources refuses a disk whose files do not exist, before anything
 // changes.
 func checkSources(op, name string, v domain.Device) error {
@@ -489,7 +516,11 @@ func (d *Driver) hotplug(ctx context.Context, r *run, live *domain.Domain, devs 
 		if err != nil {
 			return fail(errorf(ErrInvalid, "attach %s: %w", name, err))
 		}
-		relUndo, err := d.confine(ctx, r, diskFiles(v))
+		files, err := deviceFiles(v, true)
+		if err != nil {
+			return fail(errorf(ErrInvalid, "attach %s: %w", name, err))
+		}
+		relUndo, err := d.confine(ctx, r, files)
 		if err != nil {
 			return fail(errorf(ErrInvalid, "attach %s: %w", name, err))
 		}
@@ -746,7 +777,9 @@ func (d *Driver) finishUnplug(ctx context.Context, r *run, id string) error {
 		}
 	}
 	r.saveHotplugState(st)
-	d.release(ctx, r, diskFiles(dev))
+	if files, err := deviceFiles(dev, false); err == nil {
+		d.release(ctx, r, files)
+	}
 	r.setLive(newLive)
 	r.dm.publish(EventDeviceRemoved, id)
 	d.appendLog(r.files.Log, "detached %s", dev.Describe())

@@ -315,5 +315,25 @@ func TestHotplugBlockDevice(t *testing.T) {
 	if _, err := os.Stat(inNS); err == nil {
 		t.Errorf("%s still in QEMU's /dev after detach", loop)
 	}
+
+	// A serial port's output file is QEMU's while attached, as at start.
+	out := filepath.Join(m.Base, "serial.log")
+	if err := os.WriteFile(out, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	outBefore := ownerOf(t, out)
+	serial := "<serial type='file'><source path='" + out + "'/><target type='usb-serial' port='1'/></serial>"
+	if err := m.Write(serial, "hb", "attach"); err != nil {
+		t.Fatalf("attach serial: %v (error: %s)", err, m.ErrorOf("hb"))
+	}
+	if o := ownerOf(t, out); o.UID != uid {
+		t.Errorf("serial output owned by %v while attached, want uid %d", o, uid)
+	}
+	if err := m.Write("<alias name='serial1'/>", "hb", "detach"); err != nil {
+		t.Fatalf("detach serial: %v (error: %s)", err, m.ErrorOf("hb"))
+	}
+	if o := ownerOf(t, out); o != outBefore {
+		t.Errorf("serial output owned by %v after detach, want %v", o, outBefore)
+	}
 	m.MustCtl("hb", "destroy")
 }
