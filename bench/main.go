@@ -56,7 +56,7 @@ func main() {
 		quick    = flag.Bool("quick", false, "a short run: few repetitions, 200 domains, 10 guests")
 		noVirsh  = flag.Bool("no-libvirt", false, "skip the libvirt comparison")
 		keepBase = flag.Bool("keep", false, "keep the bench's directory (logs) instead of removing it")
-		only     = flag.String("only", "", "comma-separated sections to run (start,cycle,boot,fuse,mount,scale,save); all when empty")
+		only     = flag.String("only", "", "comma-separated sections to run (start,cycle,boot,fuse,hotplug,mount,scale,save); all when empty")
 	)
 	flag.Parse()
 	env := &benchEnv{n: *n, nBoot: *nBoot, nMount: *nMount, rounds: *rounds, skipLibvirt: *noVirsh, rep: &report{}}
@@ -186,6 +186,7 @@ func run(env *benchEnv, vp **virsh) error {
 		{"cycle", "2 define/start/destroy/undefine cycles", func() error { return benchCycle(env, m, *vp) }},
 		{"boot", "3 boot", func() error { return benchBoot(env, m) }},
 		{"fuse", "5 FUSE costs", func() error { return benchFUSE(env, m) }},
+		{"hotplug", "8 attach a disk to a running guest", func() error { return benchHotplug(env, m) }},
 		{"mount", "6 mount time", func() error { return benchMount(env) }},
 		{"scale", "4 scale", func() error { return benchScale(env) }},
 		{"save", "8 managed save + restore", func() error { return benchSave(env, m) }},

@@ -371,7 +371,8 @@ func (b *builder) disk(disk *etree.Element) error {
 			f.add("file", nodes[i].storage)
 			if i < len(layers)-1 {
 				f.add("backing", nodes[i+1].format)
-			} else if i > 0 || child(l.e, "backingStore") != nil {
+			} else if (i > 0 || child(l.e, "backingStore") != nil) && hasBacking(format) {
+				// Only formats with a backing file take "backing" (raw refuses it).
 				f.add("backing", nil)
 			}
 			b.add("-blockdev", f.String())
@@ -394,6 +395,15 @@ func (b *builder) disk(disk *etree.Element) error {
 		b.device(o)
 	}
 	return nil
+}
+
+// hasBacking reports whether an image format can have a backing file.
+func hasBacking(format string) bool {
+	switch format {
+	case "qcow2", "qcow", "qed", "vmdk", "cow":
+		return true
+	}
+	return false
 }
 
 // iotuneLimits maps <iotune> children to QEMU's ThrottleLimits keys.

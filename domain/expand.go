@@ -1096,7 +1096,7 @@ func (x *expander) pciAddresses() error {
 		add(f, connPCIe)
 	}
 	for _, n := range children(x.devs, "interface") {
-		if attr(n, "type") != "hostdev" {
+		if attr(n, "type") != "hostdev" && attr(child(n, "model"), "type") != "usb-net" {
 			add(n, pcie(isPCIeModel(attr(child(n, "model"), "type"))))
 		}
 	}

@@ -63,6 +63,11 @@ func (x *expander) usbDevices() []*etree.Element {
 			out = append(out, s)
 		}
 	}
+	for _, n := range children(x.devs, "interface") {
+		if attr(child(n, "model"), "type") == "usb-net" {
+			out = append(out, n) // a USB NIC, not a PCI one
+		}
+	}
 	return out
 }
 
@@ -213,11 +218,12 @@ func (x *expander) aliases() error {
 		a := subInsert(e, "alias", "address", "acpi")
 		setAttr(a, "name", name)
 	}
-	counters := map[string]int{}
+	// next is the first free name of a class. It is also called for
+	// devices that keep their alias; it claims nothing (set does), so a
+	// device added to an expanded definition gets the lowest free name
+	// (net1 after net0), as libvirt names a hot-plugged device.
 	next := func(prefix string) string {
-		for {
-			n := counters[prefix]
-			counters[prefix]++
+		for n := 0; ; n++ {
 			name := prefix + strconv.Itoa(n)
 			if !taken[name] {
 				return name

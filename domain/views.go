@@ -218,6 +218,8 @@ type Interface struct {
 	Backend string
 	// PortForwards are the <portForward>s of a user-mode interface.
 	PortForwards []PortForward
+	// LinkState is <link state>: "up", "down", or "" (up).
+	LinkState string
 }
 
 // PortForward is one <portForward>: host ports of Proto on Address (all
@@ -250,6 +252,7 @@ func (d *Domain) Interfaces() []Interface {
 			Unmanaged:    attr(child(e, "target"), "managed") == "no",
 			Backend:      attr(child(e, "backend"), "type"),
 			PortForwards: portForwards(e),
+			LinkState:    attr(child(e, "link"), "state"),
 		})
 	}
 	return out

@@ -425,6 +425,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		}
 		booted = ReasonRestored
 	}
+	if err := d.applyLinkStates(ctx, r); err != nil {
+		return err
+	}
 	if err := d.startBalloon(ctx, r); err != nil {
 		return err
 	}

@@ -41,6 +41,9 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 	add(in, "live.xml", 0o440, snapshot(func(context.Context) ([]byte, error) { return d.LiveXML(name) }),
 		func() uint64 { b, _ := d.LiveXML(name); return uint64(len(b)) })
 	add(in, "ctl", 0o220, dd.openCtl, nil)
+	for _, op := range []string{"attach", "detach", "update"} {
+		add(in, op, 0o220, dd.openDevice(op), nil)
+	}
 	add(in, "state", 0o444, snapshot(func(context.Context) ([]byte, error) { return line(d.StateLine(name)) }), nil)
 	add(in, "error", 0o444, snapshot(func(context.Context) ([]byte, error) { return line(d.LastError(name)) }), nil)
 	add(in, "argv", 0o440, snapshot(func(context.Context) ([]byte, error) { return d.Argv(name) }), nil)
