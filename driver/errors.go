@@ -7,23 +7,23 @@ import "github.com/qemufs/qemufs/internal/errkind"
 // rest. They are errkind's, shared with the network driver.
 var (
 	// ErrInvalid: a bad command, bad XML, a bad name (EINVAL).
-	ErrInvalid = errkind.Invalid
+	ErrInvalid = errkind.ErrInvalid
 	// ErrBusy: the domain is in the wrong state for the request (EBUSY).
-	ErrBusy = errkind.Busy
+	ErrBusy = errkind.ErrBusy
 	// ErrNotFound: no such domain (ENOENT).
-	ErrNotFound = errkind.NotFound
+	ErrNotFound = errkind.ErrNotFound
 	// ErrExist: the domain or UUID exists already (EEXIST).
-	ErrExist = errkind.Exist
+	ErrExist = errkind.ErrExist
 	// ErrIO: QEMU or the host failed (EIO).
-	ErrIO = errkind.IO
+	ErrIO = errkind.ErrIO
 	// ErrNoDevice: the guest lacks the device asked for (ENODEV), e.g. a
 	// screenshot of a guest without a display.
-	ErrNoDevice = errkind.NoDevice
+	ErrNoDevice = errkind.ErrNoDevice
 	// ErrPerm: refused for lack of privilege (EACCES).
-	ErrPerm = errkind.Perm
+	ErrPerm = errkind.ErrPerm
 	// ErrInterrupted: the caller gave up waiting (EINTR). What it asked
 	// for may still complete.
-	ErrInterrupted = errkind.Interrupted
+	ErrInterrupted = errkind.ErrInterrupted
 )
 
 // errorf makes an error of kind with a formatted message; a %w verb in the

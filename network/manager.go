@@ -180,7 +180,7 @@ func (m *Manager) lookup(name string) (*entry, error) {
 	defer m.mu.Unlock()
 	e := m.nets[name]
 	if e == nil {
-		return nil, errkind.Errorf(errkind.NotFound, "network %q does not exist", name)
+		return nil, errkind.Errorf(errkind.ErrNotFound, "network %q does not exist", name)
 	}
 	return e, nil
 }
@@ -206,12 +206,12 @@ func (m *Manager) Exists(name string) bool {
 // Create makes an empty slot, defined by a later Define.
 func (m *Manager) Create(name string) error {
 	if !nameRE.MatchString(name) {
-		return errkind.Errorf(errkind.Invalid, "network name %q: use letters, digits and _ . + - (at most 64, not starting with . + -)", name)
+		return errkind.Errorf(errkind.ErrInvalid, "network name %q: use letters, digits and _ . + - (at most 64, not starting with . + -)", name)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.nets[name] != nil {
-		return errkind.Errorf(errkind.Exist, "network %q exists already", name)
+		return errkind.Errorf(errkind.ErrExist, "network %q exists already", name)
 	}
 	m.nets[name] = &entry{name: name}
 	return nil
@@ -224,10 +224,10 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 	defer func() { m.noteResult(name, err) }()
 	n, err := Parse(data)
 	if err != nil {
-		return errkind.Errorf(errkind.Invalid, "define network %s: %w", name, err)
+		return errkind.Errorf(errkind.ErrInvalid, "define network %s: %w", name, err)
 	}
 	if n.Name != name {
-		return errkind.Errorf(errkind.Invalid, "define network %s: the XML names it %q", name, n.Name)
+		return errkind.Errorf(errkind.ErrInvalid, "define network %s: the XML names it %q", name, n.Name)
 	}
 	m.mu.Lock()
 	e := m.nets[name]
@@ -243,11 +243,11 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 		setChild(n.doc.Root(), "uuid", 1).SetText(n.UUID)
 	}
 	if err := m.checkConflicts(n); err != nil {
-		return errkind.Errorf(errkind.Invalid, "define network %s: %w", name, err)
+		return errkind.Errorf(errkind.ErrInvalid, "define network %s: %w", name, err)
 	}
 	n.Expand(m.pickBridge)
 	if err := writeAtomic(m.defPath(name), n.XML()); err != nil {
-		return errkind.Errorf(errkind.IO, "define network %s: %w", name, err)
+		return errkind.Errorf(errkind.ErrIO, "define network %s: %w", name, err)
 	}
 	m.mu.Lock()
 	e.def = n
@@ -321,11 +321,11 @@ func (m *Manager) Remove(name string) error {
 	e.op.Lock()
 	defer e.op.Unlock()
 	if e.st != nil {
-		return errkind.Errorf(errkind.Busy, "undefine network %s: it is active; destroy it first", name)
+		return errkind.Errorf(errkind.ErrBusy, "undefine network %s: it is active; destroy it first", name)
 	}
 	for _, p := range []string{m.defPath(name), m.autostartPath(name)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return errkind.Errorf(errkind.IO, "undefine network %s: %w", name, err)
+			return errkind.Errorf(errkind.ErrIO, "undefine network %s: %w", name, err)
 		}
 	}
 	m.mu.Lock()
@@ -391,7 +391,7 @@ func (m *Manager) Control(ctx context.Context, name, line string) (err error) {
 	case len(f) == 2 && f[0] == "autostart" && (f[1] == "on" || f[1] == "off"):
 		return m.SetAutostart(name, f[1] == "on")
 	}
-	return errkind.Errorf(errkind.Invalid, "network %s: unknown command %q; commands: start, destroy, autostart on|off", name, strings.TrimSpace(line))
+	return errkind.Errorf(errkind.ErrInvalid, "network %s: unknown command %q; commands: start, destroy, autostart on|off", name, strings.TrimSpace(line))
 }
 
 // SetAutostart marks the network to be started when the instance mounts.
@@ -403,7 +403,7 @@ func (m *Manager) SetAutostart(name string, on bool) error {
 	e.op.Lock()
 	defer e.op.Unlock()
 	if e.def == nil {
-		return errkind.Errorf(errkind.Invalid, "autostart network %s: it is not defined", name)
+		return errkind.Errorf(errkind.ErrInvalid, "autostart network %s: it is not defined", name)
 	}
 	if on {
 		err = writeAtomic(m.autostartPath(name), []byte(name+"\n"))
@@ -411,7 +411,7 @@ func (m *Manager) SetAutostart(name string, on bool) error {
 		err = nil
 	}
 	if err != nil {
-		return errkind.Errorf(errkind.IO, "autostart network %s: %w", name, err)
+		return errkind.Errorf(errkind.ErrIO, "autostart network %s: %w", name, err)
 	}
 	m.mu.Lock()
 	e.autostart = on
@@ -457,24 +457,24 @@ func (m *Manager) Start(ctx context.Context, name string) error {
 	m.mu.Unlock()
 	switch {
 	case n == nil:
-		return errkind.Errorf(errkind.Invalid, "start network %s: it is not defined: write its config.xml first", name)
+		return errkind.Errorf(errkind.ErrInvalid, "start network %s: it is not defined: write its config.xml first", name)
 	case active:
-		return errkind.Errorf(errkind.Busy, "start network %s: it is already active", name)
+		return errkind.Errorf(errkind.ErrBusy, "start network %s: it is already active", name)
 	case os.Geteuid() != 0:
-		return errkind.Errorf(errkind.Perm, "start network %s: creating bridges and firewall rules needs root (a session instance uses user-mode networking for type='network')", name)
+		return errkind.Errorf(errkind.ErrPerm, "start network %s: creating bridges and firewall rules needs root (a session instance uses user-mode networking for type='network')", name)
 	}
 	st := &status{Bridge: n.Bridge}
 	fail := func(err error) error {
 		m.undo(ctx, name, st, nil)
-		return errkind.Errorf(errkind.IO, "start network %s: %w", name, err)
+		return errkind.Errorf(errkind.ErrIO, "start network %s: %w", name, err)
 	}
 	if n.Mode == ModeBridge {
 		if !isBridge(n.Bridge) {
-			return errkind.Errorf(errkind.Invalid, "start network %s: host bridge %s does not exist", name, n.Bridge)
+			return errkind.Errorf(errkind.ErrInvalid, "start network %s: host bridge %s does not exist", name, n.Bridge)
 		}
 	} else {
 		if err := createBridge(ctx, n); err != nil {
-			return errkind.Errorf(errkind.IO, "start network %s: %w", name, err)
+			return errkind.Errorf(errkind.ErrIO, "start network %s: %w", name, err)
 		}
 		st.CreatedBridge = true
 	}
@@ -502,7 +502,7 @@ func (m *Manager) Start(ctx context.Context, name string) error {
 	}
 	if err := m.saveStatus(name, st); err != nil {
 		m.stop(ctx, e)
-		return errkind.Errorf(errkind.IO, "start network %s: %w", name, err)
+		return errkind.Errorf(errkind.ErrIO, "start network %s: %w", name, err)
 	}
 	return nil
 }
@@ -520,10 +520,10 @@ func (m *Manager) Destroy(ctx context.Context, name string) error {
 	active := e.st != nil
 	m.mu.Unlock()
 	if !active {
-		return errkind.Errorf(errkind.Busy, "destroy network %s: it is not active", name)
+		return errkind.Errorf(errkind.ErrBusy, "destroy network %s: it is not active", name)
 	}
 	if err := m.stop(ctx, e); err != nil {
-		return errkind.Errorf(errkind.IO, "destroy network %s: %w", name, err)
+		return errkind.Errorf(errkind.ErrIO, "destroy network %s: %w", name, err)
 	}
 	return nil
 }
@@ -698,7 +698,7 @@ func (m *Manager) Leases(name string) ([]Lease, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, errkind.Errorf(errkind.IO, "leases of network %s: %w", name, err)
+		return nil, errkind.Errorf(errkind.ErrIO, "leases of network %s: %w", name, err)
 	}
 	defer f.Close()
 	var out []Lease
@@ -755,17 +755,17 @@ func (m *Manager) LeaseFor(mac string) (Lease, string, bool) {
 func (m *Manager) Tap(ctx context.Context, name, mac string) (*Tap, error) {
 	e, err := m.lookup(name)
 	if err != nil {
-		return nil, errkind.Errorf(errkind.Invalid, "network %q is not defined", name)
+		return nil, errkind.Errorf(errkind.ErrInvalid, "network %q is not defined", name)
 	}
 	m.mu.Lock()
 	st := e.st
 	m.mu.Unlock()
 	if st == nil {
-		return nil, errkind.Errorf(errkind.Invalid, "network %s is not active: echo start > networks/%s/ctl", name, name)
+		return nil, errkind.Errorf(errkind.ErrInvalid, "network %s is not active: echo start > networks/%s/ctl", name, name)
 	}
 	t, err := OpenTap(ctx, st.Bridge, mac, "")
 	if err != nil {
-		return nil, errkind.Errorf(errkind.IO, "network %s: %w", name, err)
+		return nil, errkind.Errorf(errkind.ErrIO, "network %s: %w", name, err)
 	}
 	return t, nil
 }

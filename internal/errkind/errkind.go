@@ -11,22 +11,22 @@ import (
 
 // The kinds of failure.
 var (
-	// Invalid: a bad command, bad XML, a bad name (EINVAL).
-	Invalid = errors.New("invalid argument")
-	// Busy: the object is in the wrong state for the request (EBUSY).
-	Busy = errors.New("wrong state")
-	// NotFound: no such object (ENOENT).
-	NotFound = errors.New("no such domain")
-	// Exist: the object or its UUID exists already (EEXIST).
-	Exist = errors.New("already exists")
-	// IO: QEMU or the host failed (EIO).
-	IO = errors.New("I/O error")
-	// NoDevice: the guest lacks the device asked for (ENODEV).
-	NoDevice = errors.New("no such device")
-	// Perm: refused for lack of privilege (EACCES).
-	Perm = errors.New("permission denied")
-	// Interrupted: the caller gave up waiting (EINTR).
-	Interrupted = errors.New("interrupted")
+	// ErrInvalid: a bad command, bad XML, a bad name (EINVAL).
+	ErrInvalid = errors.New("invalid argument")
+	// ErrBusy: the object is in the wrong state for the request (EBUSY).
+	ErrBusy = errors.New("wrong state")
+	// ErrNotFound: no such object (ENOENT).
+	ErrNotFound = errors.New("no such domain")
+	// ErrExist: the object or its UUID exists already (EEXIST).
+	ErrExist = errors.New("already exists")
+	// ErrIO: QEMU or the host failed (EIO).
+	ErrIO = errors.New("I/O error")
+	// ErrNoDevice: the guest lacks the device asked for (ENODEV).
+	ErrNoDevice = errors.New("no such device")
+	// ErrPerm: refused for lack of privilege (EACCES).
+	ErrPerm = errors.New("permission denied")
+	// ErrInterrupted: the caller gave up waiting (EINTR).
+	ErrInterrupted = errors.New("interrupted")
 )
 
 // kinded is an error with a kind and a message free of the kind's text.
@@ -52,12 +52,12 @@ func Errorf(kind error, format string, args ...any) error {
 	return &kinded{kind: kind, msg: wrapped.Error(), err: errors.Unwrap(wrapped)}
 }
 
-// Of returns the kind of err: one of the kinds above, IO when unknown.
+// Of returns the kind of err: one of the kinds above, ErrIO when unknown.
 func Of(err error) error {
-	for _, k := range []error{Invalid, Busy, NotFound, Exist, NoDevice, Perm, Interrupted, IO} {
+	for _, k := range []error{ErrInvalid, ErrBusy, ErrNotFound, ErrExist, ErrNoDevice, ErrPerm, ErrInterrupted, ErrIO} {
 		if errors.Is(err, k) {
 			return k
 		}
 	}
-	return IO
+	return ErrIO
 }
