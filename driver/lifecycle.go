@@ -157,20 +157,30 @@ func init() {
 			r.mu.Lock()
 			r.pauseReason = ReasonUser
 			r.mu.Unlock()
-			if err := r.qmp.Stop(); err != nil {
+			if err := r.runStateChange(func() error {
+				if err := r.qmp.Stop(); err != nil {
+					return err
+				}
+				dm.transition(StateRunning, StatePaused, ReasonUser, EventPaused)
+				return nil
+			}); err != nil {
 				return err
 			}
-			dm.transition(StateRunning, StatePaused, ReasonUser, EventPaused)
 			r.saveStatus()
 			return nil
 		})
 	}))
 	registerCommand("resume", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
 		return d.simple(dm, "resume", func(r *run) error {
-			if err := r.qmp.Cont(); err != nil {
+			if err := r.runStateChange(func() error {
+				if err := r.qmp.Cont(); err != nil {
+					return err
+				}
+				dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
+				return nil
+			}); err != nil {
 				return err
 			}
-			dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
 			r.saveStatus()
 			return nil
 		})

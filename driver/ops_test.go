@@ -361,9 +361,9 @@ func TestOpsDump(t *testing.T) {
 	}
 }
 
-// TestOpsStatsTap: NICs with a host tap (type='ethernet', QEMU opens the
+// TestOpsStatsTap: NICs with a host tap (type='ethernet', qemufs makes the
 // tap as root here) have host counters, found by target dev or, without
-// one, by the name QEMU gave the tap.
+// one, by the name qemufs gave the tap (vnetN, as libvirt).
 func TestOpsStatsTap(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("creating taps needs root")
@@ -375,7 +375,7 @@ func TestOpsStatsTap(t *testing.T) {
 	d, _ := startOps(t, `<interface type='ethernet'><target dev='`+tap+`'/><model type='virtio'/></interface>
 <interface type='ethernet'><model type='e1000'/></interface>`)
 	m := statsMap(t, d, "a")
-	if m["net.count"] != "3" || m["net.1.name"] != tap || !strings.HasPrefix(m["net.2.name"], "tap") {
+	if m["net.count"] != "3" || m["net.1.name"] != tap || !strings.HasPrefix(m["net.2.name"], "vnet") {
 		t.Fatalf("tap NICs: %v", m)
 	}
 	for _, i := range []string{"1", "2"} {

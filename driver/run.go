@@ -57,6 +57,10 @@ type run struct {
 	detaching   bool
 	passts      []*procmgr.Process // passt for user-mode interfaces; they end with QEMU
 
+	// runState serialises stop/cont and the state that follows with the
+	// handling of STOP and RESUME events (runStateChange).
+	runState sync.Mutex
+
 	done     chan struct{} // closed when cleanup has finished
 	detached chan struct{} // closed to stop supervising without cleanup
 }
@@ -137,9 +141,19 @@ func (r *run) handleEvent(ev monitor.Event) {
 		if reason == "" {
 			reason = ReasonUser
 		}
-		dm.transition(StateRunning, StatePaused, reason, EventPaused)
+		r.runStateChange(func() error {
+			if !r.staleRunState(false) {
+				dm.transition(StateRunning, StatePaused, reason, EventPaused)
+			}
+			return nil
+		})
 	case "RESUME":
-		dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
+		r.runStateChange(func() error {
+			if !r.staleRunState(true) {
+				dm.transition(StatePaused, StateRunning, ReasonUnpaused, EventResumed)
+			}
+			return nil
+		})
 	case "RESET":
 		// One per QEMU RESET, as libvirt's reboot event: after a reset
 		// the firmware (SeaBIOS) may reset once more by itself, so a
@@ -157,6 +171,28 @@ func (r *run) handleEvent(ev monitor.Event) {
 	case "VSERPORT_CHANGE":
 		r.onVserportChange(ev)
 	}
+}
+
+// runStateChange runs fn, which stops or continues the guest's CPUs and
+// records the state that follows, or handles a STOP or RESUME event, under
+// the run's runState lock: the events arrive late, and an operation's stop
+// and its new state must never interleave with the handling of an older
+// event (a RESUME from start handled after a save paused the guest would
+// otherwise mark it running).
+func (r *run) runStateChange(fn func() error) error {
+	r.runState.Lock()
+	defer r.runState.Unlock()
+	return fn()
+}
+
+// staleRunState tells whether a STOP (running false) or RESUME (running
+// true) event is already out of date: an operation may have moved the
+// guest on before the handler sees the events it caused, and an old event
+// must not undo the newer state. QEMU's own answer decides. The caller
+// holds runState.
+func (r *run) staleRunState(running bool) bool {
+	st, err := r.qmp.QueryStatus()
+	return err == nil && st.Running != running
 }
 
 // onShutdown honours on_poweroff (and on_reboot when QEMU runs with

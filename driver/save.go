@@ -204,10 +204,15 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 		r.mu.Lock()
 		r.pauseReason = ReasonSaving
 		r.mu.Unlock()
-		if err := r.qmp.Stop(); err != nil {
+		if err := r.runStateChange(func() error {
+			if err := r.qmp.Stop(); err != nil {
+				return err
+			}
+			dm.transition(StateRunning, StatePaused, ReasonSaving, EventPaused)
+			return nil
+		}); err != nil {
 			return errorf(ErrIO, "save %s: stop: %w", name, err)
 		}
-		dm.transition(StateRunning, StatePaused, ReasonSaving, EventPaused)
 		defer func() {
 			if err != nil {
 				r.resumeAfterFailedSave()
@@ -272,15 +277,22 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 // resumeAfterFailedSave runs a guest again that a failed save paused.
 func (r *run) resumeAfterFailedSave() {
 	dm := r.dm
-	if !dm.transition(StatePaused, StateRunning, ReasonSaveCanceled, EventResumed) {
-		return
+	resumed := false
+	r.runStateChange(func() error {
+		if !dm.transition(StatePaused, StateRunning, ReasonSaveCanceled, EventResumed) {
+			return nil // not paused by the save: nothing to do
+		}
+		if err := r.qmp.Cont(); err != nil {
+			dm.setState(StatePaused, ReasonSaving)
+			r.d.appendLog(r.files.Log, "resuming after the failed save: %v", err)
+			return err
+		}
+		resumed = true
+		return nil
+	})
+	if resumed {
+		r.saveStatus()
 	}
-	if err := r.qmp.Cont(); err != nil {
-		dm.setState(StatePaused, ReasonSaving)
-		r.d.appendLog(r.files.Log, "resuming after the failed save: %v", err)
-		return
-	}
-	r.saveStatus()
 }
 
 // streamReceiver copies the one connection QEMU makes to a file.

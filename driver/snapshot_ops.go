@@ -790,23 +790,29 @@ func (d *Driver) settle(ctx context.Context, dm *dom, r *run, want string) error
 	if err != nil {
 		return errorf(ErrIO, "revert %s: query-status: %w", dm.name, err)
 	}
-	switch {
-	case want == snapRunning && !st.Running:
-		if err := r.qmp.Cont(); err != nil {
-			return errorf(ErrIO, "revert %s: cont: %w", dm.name, err)
+	err = r.runStateChange(func() error {
+		switch {
+		case want == snapRunning && !st.Running:
+			if err := r.qmp.Cont(); err != nil {
+				return errorf(ErrIO, "revert %s: cont: %w", dm.name, err)
+			}
+		case want != snapRunning && st.Running:
+			r.mu.Lock()
+			r.pauseReason = ReasonFromSnapshot
+			r.mu.Unlock()
+			if err := r.qmp.Stop(); err != nil {
+				return errorf(ErrIO, "revert %s: stop: %w", dm.name, err)
+			}
 		}
-	case want != snapRunning && st.Running:
-		r.mu.Lock()
-		r.pauseReason = ReasonFromSnapshot
-		r.mu.Unlock()
-		if err := r.qmp.Stop(); err != nil {
-			return errorf(ErrIO, "revert %s: stop: %w", dm.name, err)
+		if want == snapRunning {
+			dm.setState(StateRunning, ReasonFromSnapshot)
+		} else {
+			dm.setState(StatePaused, ReasonFromSnapshot)
 		}
-	}
-	if want == snapRunning {
-		dm.setState(StateRunning, ReasonFromSnapshot)
-	} else {
-		dm.setState(StatePaused, ReasonFromSnapshot)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	r.saveStatus()
 	return nil
