@@ -116,7 +116,7 @@ func (nd *networkDir) OnAdd(ctx context.Context) {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &configHandle{define: func(b []byte) error { return m.Define(name, b) }, snapshot: cur}, fuse.FOPEN_DIRECT_IO, nil
+		return &xmlHandle{commit: func(_ context.Context, b []byte) error { return m.Define(name, b) }, snapshot: cur}, fuse.FOPEN_DIRECT_IO, nil
 	})
 	r.addFile(ctx, &nd.Inode, "ctl", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 		return &commandHandle{run: func(ctx context.Context, line string) error { return m.Control(ctx, name, line) }},

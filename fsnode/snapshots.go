@@ -3,7 +3,6 @@ package fsnode
 import (
 	"context"
 	"sort"
-	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -41,7 +40,7 @@ func (sd *snapshotsDir) OnAdd(ctx context.Context) {
 		sd.AddChild(file, ch, true)
 	}
 	add("create", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
-		return &xmlCommitHandle{commit: func(ctx context.Context, xml []byte) error {
+		return &xmlHandle{requests: true, commit: func(ctx context.Context, xml []byte) error {
 			ctx, cancel := userInterrupts(ctx)
 			defer cancel()
 			_, err := d.SnapshotCreateXML(ctx, name, xml)
@@ -200,54 +199,4 @@ func (h *snapCtlHandle) Write(ctx context.Context, data []byte, off int64) (uint
 		return 0, errno(err)
 	}
 	return uint32(len(data)), 0
-}
-
-// xmlCommitHandle collects an XML document written in pieces and commits
-// it once: as soon as it is complete (so the writer's write(2) gets the
-// error), or at close.
-type xmlCommitHandle struct {
-	commit func(ctx context.Context, xml []byte) error
-
-	mu    sync.Mutex
-	buf   []byte
-	dirty bool
-}
-
-var (
-	_ fs.FileWriter  = (*xmlCommitHandle)(nil)
-	_ fs.FileFlusher = (*xmlCommitHandle)(nil)
-)
-
-func (h *xmlCommitHandle) truncate() {
-	h.mu.Lock()
-	h.buf, h.dirty = h.buf[:0], false
-	h.mu.Unlock()
-}
-
-func (h *xmlCommitHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if end := off + int64(len(data)); end > int64(len(h.buf)) {
-		h.buf = append(h.buf, make([]byte, end-int64(len(h.buf)))...)
-	}
-	copy(h.buf[off:], data)
-	h.dirty = true
-	if xmlComplete(h.buf) != xmlIncomplete {
-		h.dirty = false
-		if err := h.commit(ctx, h.buf); err != nil {
-			return 0, errno(err)
-		}
-	}
-	return uint32(len(data)), 0
-}
-
-// Flush commits what was written and not yet committed.
-func (h *xmlCommitHandle) Flush(ctx context.Context) syscall.Errno {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if !h.dirty {
-		return 0
-	}
-	h.dirty = false
-	return errno(h.commit(ctx, h.buf))
 }

@@ -33,7 +33,7 @@ func TestXMLCommitHandle(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []string
-			h := &xmlCommitHandle{commit: func(_ context.Context, b []byte) error {
+			h := &xmlHandle{requests: true, commit: func(_ context.Context, b []byte) error {
 				got = append(got, string(b))
 				if tt.fail {
 					return errors.Join(driver.ErrInvalid, errors.New("bad"))
@@ -61,7 +61,7 @@ func TestXMLCommitHandle(t *testing.T) {
 		})
 	}
 	var got []string
-	h := &xmlCommitHandle{commit: func(_ context.Context, b []byte) error { got = append(got, string(b)); return nil }}
+	h := &xmlHandle{requests: true, commit: func(_ context.Context, b []byte) error { got = append(got, string(b)); return nil }}
 	h.Write(ctx, []byte("<junk"), 0)
 	h.truncate()
 	h.Write(ctx, []byte("<domainsnapshot/>"), 0)
