@@ -151,3 +151,62 @@ func TestNVRAMLifecycle(t *testing.T) {
 		t.Errorf("--reset-nvram of a BIOS guest: %v", err)
 	}
 }
+
+// TestSnapshotNVRAM: a snapshot keeps a copy of the UEFI variable store,
+// a revert writes it back in place (same inode, owner and mode), and
+// deleting the snapshot drops the copy.
+func TestSnapshotNVRAM(t *testing.T) {
+	needQemuImg(t)
+	d := newDriver(t)
+	fakeFirmware(t, d)
+	disk := filepath.Join(t.TempDir(), "d.qcow2")
+	mkQcow(t, disk)
+	if err := d.Create("e"); err != nil {
+		t.Fatal(err)
+	}
+	x := strings.Replace(efiXML("e", ""), "<devices>", "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='"+disk+"'/><target dev='vda' bus='virtio'/></disk>", 1)
+	if err := d.Define("e", []byte(x)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := d.Control(ctx, "e", "start --paused"); err != nil { // creates the store
+		t.Fatal(err)
+	}
+	if err := d.Control(ctx, "e", "destroy"); err != nil {
+		t.Fatal(err)
+	}
+	nv := filepath.Join(d.inst.LibDir, "nvram", "e_VARS.fd")
+	before := bytes.Repeat([]byte("A"), 4096)
+	if err := os.WriteFile(nv, before, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(nv, 0o640) // an owner or mode of its own, which a revert keeps
+	st0, _ := os.Stat(nv)
+	if err := d.SnapshotCreate(ctx, "e", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(nv, bytes.Repeat([]byte("B"), 8192), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SnapshotControl(ctx, "e", "s1", "revert"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(nv)
+	if !bytes.Equal(got, before) {
+		t.Fatalf("after revert the store holds %q..., want the snapshot's", got[:min(len(got), 8)])
+	}
+	st1, _ := os.Stat(nv)
+	if !os.SameFile(st0, st1) || st1.Mode().Perm() != 0o640 {
+		t.Errorf("revert replaced the store (same file %v, mode %v)", os.SameFile(st0, st1), st1.Mode())
+	}
+	if _, err := os.Stat(d.snapNVRAMPath("e", "s1")); err != nil {
+		t.Fatalf("no copy with the snapshot: %v", err)
+	}
+	if err := d.SnapshotDelete(ctx, "e", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d.snapNVRAMPath("e", "s1")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the copy outlives the snapshot: %v", err)
+	}
+}

@@ -190,10 +190,17 @@ func (d *Driver) takeSnapshot(ctx context.Context, name string, req *snapRequest
 	if err != nil {
 		return "", err
 	}
+	if err := d.saveSnapshotNVRAM(name, sn.Name, cur); err != nil {
+		if undo != nil {
+			undo()
+		}
+		return "", errorf(ErrIO, "snapshot %s: %s: %w", name, sn.Name, err)
+	}
 	if err := d.saveSnapshot(dm, sn); err != nil {
 		if undo != nil {
 			undo()
 		}
+		d.removeSnapshotNVRAM(name, sn.Name)
 		return "", errorf(ErrIO, "snapshot %s: metadata of %s: %w", name, sn.Name, err)
 	}
 	s.mu.Lock()
@@ -550,6 +557,9 @@ func (d *Driver) revert(ctx context.Context, dm *dom, snap, want string) error {
 		if err := d.loadInternal(ctx, r, sn); err != nil {
 			return err
 		}
+		if err := d.revertSnapshotNVRAM(name, snap, live); err != nil {
+			return errorf(ErrIO, "revert %s: %w", name, err)
+		}
 		if err := d.restoreDefinition(dm, inactive); err != nil {
 			return err
 		}
@@ -572,6 +582,9 @@ func (d *Driver) revert(ctx context.Context, dm *dom, snap, want string) error {
 				return errorf(ErrIO, "revert %s: disk %s: %w", name, dk.Target, err)
 			}
 		}
+	}
+	if err := d.revertSnapshotNVRAM(name, snap, inactive); err != nil {
+		return errorf(ErrIO, "revert %s: %w", name, err)
 	}
 	if err := d.restoreDefinition(dm, inactive); err != nil {
 		return err
@@ -667,6 +680,9 @@ func (d *Driver) revertExternal(ctx context.Context, dm *dom, s *snapSet, sn *sn
 		if err := os.Rename(tmp[i].overlay, p.overlay); err != nil {
 			return errorf(ErrIO, "revert %s: disk %s: %w", name, p.target, err)
 		}
+	}
+	if err := d.revertSnapshotNVRAM(name, sn.Name, def); err != nil {
+		return errorf(ErrIO, "revert %s: %w", name, err)
 	}
 	if err := d.restoreDefinition(dm, def); err != nil {
 		return err
@@ -895,6 +911,7 @@ func (d *Driver) SnapshotDelete(ctx context.Context, name, snap string) (err err
 	if err := os.Remove(filepath.Join(d.snapDir(name), snap+".xml")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return errorf(ErrIO, "delete snapshot %s: %w", name, err)
 	}
+	d.removeSnapshotNVRAM(name, snap)
 	s.mu.Lock()
 	for _, c := range changed {
 		s.byName[c.Name] = c
