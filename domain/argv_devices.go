@@ -297,15 +297,31 @@ func sortedNICs() []string {
 	return out
 }
 
+// tapFD is the fd (number or getfd name) of a TAP attachment, "" if none.
+func (a NetAttachment) tapFD() string {
+	switch {
+	case a.TapFD > 0:
+		return strconv.Itoa(a.TapFD)
+	case a.FDName != "" && !a.Passt:
+		return a.FDName
+	}
+	return ""
+}
+
 // userNetdev is the user-mode (slirp) netdev of interface n: its <ip>
 // network and a hostfwd rule per forwarded port of its <portForward>s.
 // libvirt forwards ports only with the passt backend; slirp's hostfwd does
 // the same for TCP and UDP, so both backends honour them here.
 func userNetdev(n *etree.Element, a NetAttachment) (jobj, error) {
-	if a.PasstFD > 0 {
+	if a.PasstFD > 0 || a.Passt && a.FDName != "" {
 		// passt runs beside QEMU (the driver started it, with the
-		// port forwards); QEMU talks to it over a socket it inherits.
-		return obj("type", "stream", "addr", obj("type", "fd", "str", strconv.Itoa(a.PasstFD)), "server", false), nil
+		// port forwards); QEMU talks to it over a socket it inherits
+		// (or was handed, for a hot-plugged interface).
+		fd := a.FDName
+		if fd == "" {
+			fd = strconv.Itoa(a.PasstFD)
+		}
+		return obj("type", "stream", "addr", obj("type", "fd", "str", fd), "server", false), nil
 	}
 	if be := attr(child(n, "backend"), "type"); be == "passt" {
 		return nil, unsupportedAt(child(n, "backend"), "the passt backend needs passt (Debian package passt), which qemufs starts beside QEMU; leave <backend> out for QEMU's own user-mode networking (slirp), which honours <portForward> too")
@@ -404,8 +420,8 @@ func (b *builder) nets() error {
 			}
 		case "ethernet":
 			nd = obj("type", "tap")
-			if a := b.opts.NetAttach[id]; a.TapFD > 0 {
-				nd.add("fd", strconv.Itoa(a.TapFD))
+			if fd := b.opts.NetAttach[id].tapFD(); fd != "" {
+				nd.add("fd", fd)
 				break
 			}
 			if dev := attr(child(n, "target"), "dev"); dev != "" {
@@ -416,9 +432,9 @@ func (b *builder) nets() error {
 		case "network", "bridge":
 			a, ok := b.opts.NetAttach[id]
 			switch {
-			case ok && a.TapFD > 0:
-				nd = obj("type", "tap", "fd", strconv.Itoa(a.TapFD))
-			case ok && (a.User || a.PasstFD > 0) && typ == "network":
+			case ok && a.tapFD() != "":
+				nd = obj("type", "tap", "fd", a.tapFD())
+			case ok && (a.User || a.PasstFD > 0 || a.Passt) && typ == "network":
 				var err error
 				if nd, err = userNetdev(n, b.opts.NetAttach[id]); err != nil {
 					return err

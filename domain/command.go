@@ -74,6 +74,12 @@ type CommandOptions struct {
 type NetAttachment struct {
 	// TapFD, when > 0, is an open TAP device QEMU inherits as this fd.
 	TapFD int
+	// FDName, when set, names the file (a TAP device, or the socket to
+	// passt when Passt is set) that was handed to a running QEMU with QMP
+	// getfd: a hot-plugged interface's.
+	FDName string
+	// Passt with FDName: the named file is a socket to passt.
+	Passt bool
 	// User connects a type='network' interface to user-mode networking,
 	// as a session instance does (it has no host networks).
 	User bool

@@ -105,7 +105,7 @@ func (v Device) Hotpluggable() error {
 		}
 	case "interface":
 		switch attr(e, "type") {
-		case "user", "ethernet", "server", "client", "mcast", "udp", "null":
+		case "user", "ethernet", "network", "bridge", "server", "client", "mcast", "udp", "null":
 		default:
 			return errAt(e, "an interface of type %q cannot be hot-plugged", attr(e, "type"))
 		}

@@ -204,7 +204,11 @@ func (d *Driver) liveCommandOptions(r *run) domain.CommandOptions {
 	if err != nil {
 		emu = nil
 	}
-	return commandOptions(d, r, emu, 0)
+	o := commandOptions(d, r, emu, 0)
+	// The interfaces qemufs connected at start build as they did (their
+	// fds are long consumed; only the shape of the command line matters).
+	o.NetAttach = d.previewNetAttach(live, 4)
+	return o
 }
 
 // qmpTimer runs a hot-plug's QMP commands and adds up their round trips,
@@ -512,6 +516,13 @@ func (d *Driver) hotplug(ctx context.Context, r *run, live *domain.Domain, devs 
 	}
 	opts := d.liveCommandOptions(r)
 	for _, v := range devs {
+		if ifc, ok := v.Interface(); ok {
+			undo, err := d.hotplugHostSide(qctx, r, live, ifc, &opts)
+			if err != nil {
+				return fail(errorf(Kind(err), "attach %s: %w", name, err))
+			}
+			undos = append(undos, undo)
+		}
 		steps, nodes, high, err := live.HotplugSteps(v, domain.HotplugOptions{Command: opts, NodeBase: st.High})
 		if err != nil {
 			return fail(errorf(ErrInvalid, "attach %s: %w", name, err))

@@ -84,7 +84,9 @@ func (d *Driver) attachNetworks(ctx context.Context, r *run, firstFD int) (*netA
 			var f *os.File
 			var p *procmgr.Process
 			if f, p, err = d.startPasst(ctx, r, ifc, passt); err == nil {
+				r.mu.Lock()
 				r.passts = append(r.passts, p)
+				r.mu.Unlock()
 				a.inherit = append(a.inherit, f)
 				a.attach[ifc.Alias] = domain.NetAttachment{PasstFD: nextFD}
 			}
@@ -137,3 +139,72 @@ func (d *Driver) previewNetAttach(def *domain.Domain, firstFD int) map[string]do
 
 // files are the files for procmgr.Spec.ExtraFiles, in fd order.
 func (a *netAttachments) files() []*os.File { return a.inherit }
+
+// hotplugHostSide makes the host side of an interface being hot-plugged
+// into r's QEMU, as attachNetworks does at start (see plan), and hands its
+// file to QEMU with getfd; opts gets the attachment for building the
+// netdev, live the tap's name. The returned undo closes the named fd in
+// QEMU and ends passt (a tap goes with the last file that holds it).
+func (d *Driver) hotplugHostSide(ctx context.Context, r *run, live *domain.Domain, ifc domain.Interface, opts *domain.CommandOptions) (func(), error) {
+	passt := passtBinary()
+	side, err := d.plan(ifc, passt)
+	if err != nil {
+		return nil, err
+	}
+	if opts.NetAttach == nil {
+		opts.NetAttach = map[string]domain.NetAttachment{}
+	}
+	var f *os.File
+	var p *procmgr.Process
+	a := domain.NetAttachment{FDName: "host" + ifc.Alias}
+	switch side {
+	case sideQEMU:
+		return func() {}, nil
+	case sideSlirp:
+		opts.NetAttach[ifc.Alias] = domain.NetAttachment{User: true}
+		return func() {}, nil
+	case sidePasst:
+		if f, p, err = d.startPasst(ctx, r, ifc, passt); err != nil {
+			return nil, err
+		}
+		a.Passt = true
+	case sideTap:
+		var t *network.Tap
+		switch ifc.Type {
+		case "network":
+			t, err = d.nets.Tap(ctx, ifc.Source, ifc.MAC)
+		case "bridge":
+			t, err = network.OpenTap(ctx, ifc.Source, ifc.MAC, "")
+		default:
+			t, err = network.OpenTap(ctx, "", ifc.MAC, ifc.TargetDev)
+		}
+		if err != nil {
+			return nil, err
+		}
+		f = t.File
+		live.SetInterfaceTarget(ifc.Alias, t.Name)
+	}
+	defer f.Close() // QEMU has its own copy once getfd succeeds
+	stopPasst := func() {
+		if p != nil {
+			p.Kill()
+			<-p.Done()
+			p.Cleanup()
+		}
+	}
+	if err := r.mon.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": a.FDName}, nil, f); err != nil {
+		stopPasst()
+		return nil, errorf(ErrIO, "interface %s: pass its host side to QEMU: %w", ifc.Alias, err)
+	}
+	if p != nil {
+		r.mu.Lock()
+		r.passts = append(r.passts, p)
+		r.mu.Unlock()
+	}
+	opts.NetAttach[ifc.Alias] = a
+	return func() {
+		c, cancel := qmpContext(context.Background())
+		defer cancel()
+		r.mon.Execute(c, "closefd", map[string]any{"fdname": a.FDName}, nil)
+	}, nil
+}

@@ -115,7 +115,11 @@ func passtForwards(pfs []domain.PortForward) []string {
 // stopPassts ends what is left of the run's passt processes once QEMU is
 // gone (they end by themselves when QEMU's end of their socket closes).
 func (r *run) stopPassts() {
-	for _, p := range r.passts {
+	r.mu.Lock()
+	passts := r.passts
+	r.passts = nil
+	r.mu.Unlock()
+	for _, p := range passts {
 		select {
 		case <-p.Done():
 		case <-time.After(2 * time.Second):
@@ -129,5 +133,4 @@ func (r *run) stopPassts() {
 		}
 		p.Cleanup()
 	}
-	r.passts = nil
 }

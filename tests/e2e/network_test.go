@@ -93,6 +93,22 @@ func TestNetworkDefault(t *testing.T) {
 	}
 	m.WaitConsole("n1", "PING-OK", 60*time.Second)
 
+	// A NIC on the network hot-plugged into a running guest gets a tap on
+	// the bridge, as at start; detached, the tap goes.
+	if err := m.Write("<interface type='network'><source network='default'/><model type='virtio'/><alias name='ua-hot'/></interface>", "n1", "attach"); err != nil {
+		t.Fatalf("attach a NIC on the network: %v (%s)", err, m.ErrorOf("n1"))
+	}
+	if taps, _ := m.InNetNS("ip", "-o", "link", "show", "master", "virbr0"); strings.Count(taps, "vnet") != 3 {
+		t.Errorf("taps on virbr0 after the attach:\n%s", taps)
+	}
+	m.WaitGuest("n1", "ls /sys/class/net", 60*time.Second, func(s string) bool { return strings.Contains(s, "eth1") })
+	if err := m.Write("<alias name='ua-hot'/>", "n1", "detach"); err != nil {
+		t.Fatalf("detach the NIC: %v (%s)", err, m.ErrorOf("n1"))
+	}
+	if taps, _ := m.InNetNS("ip", "-o", "link", "show", "master", "virbr0"); strings.Count(taps, "vnet") != 2 {
+		t.Errorf("taps on virbr0 after the detach:\n%s", taps)
+	}
+
 	// Busy while active; destroy removes exactly what start added.
 	if err := os.Remove(m.Path("networks", "default")); !errors.Is(err, syscall.EBUSY) {
 		t.Errorf("rmdir of an active network: %v, want EBUSY", err)
