@@ -21,7 +21,9 @@ import (
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/instance"
 	"github.com/qemufs/qemufs/network"
+	"github.com/qemufs/qemufs/secrets"
 	"github.com/qemufs/qemufs/security"
+	"github.com/qemufs/qemufs/storage"
 	"github.com/qemufs/qemufs/stream"
 )
 
@@ -38,6 +40,12 @@ type Options struct {
 	// type='network' interfaces; nil: none (user-mode networking for them
 	// when unprivileged).
 	Networks *network.Manager
+	// Pools is the instance's storage driver, which resolves
+	// <disk type='volume'> at start; nil: such disks are refused.
+	Pools *storage.Manager
+	// Secrets is the instance's secret driver, which gives encrypted
+	// disks their passphrases; nil: such disks are refused.
+	Secrets *secrets.Manager
 	// Logger receives the daemon's own messages; nil discards them.
 	Logger *log.Logger
 	// Version is qemufs's version, written to each guest's log.
@@ -52,14 +60,16 @@ const (
 
 // Driver manages the domains of one instance.
 type Driver struct {
-	opts  Options
-	inst  *instance.Instance
-	conf  *instance.Config
-	caps  *capabilities.Capabilities
-	sec   *security.Stack
-	nets  *network.Manager
-	logf  func(format string, args ...any)
-	ports *portAllocator
+	opts    Options
+	inst    *instance.Instance
+	conf    *instance.Config
+	caps    *capabilities.Capabilities
+	sec     *security.Stack
+	nets    *network.Manager
+	pools   *storage.Manager
+	secrets *secrets.Manager
+	logf    func(format string, args ...any)
+	ports   *portAllocator
 
 	mu      sync.Mutex
 	doms    map[string]*dom
@@ -96,13 +106,15 @@ func New(opts Options) (*Driver, error) {
 		return nil, errors.New("driver: Instance and Config are required")
 	}
 	d := &Driver{
-		opts: opts,
-		inst: opts.Instance,
-		conf: opts.Config,
-		caps: opts.Caps,
-		sec:  opts.Security,
-		nets: opts.Networks,
-		doms: map[string]*dom{},
+		opts:    opts,
+		inst:    opts.Instance,
+		conf:    opts.Config,
+		caps:    opts.Caps,
+		sec:     opts.Security,
+		nets:    opts.Networks,
+		pools:   opts.Pools,
+		secrets: opts.Secrets,
+		doms:    map[string]*dom{},
 	}
 	if d.caps == nil {
 		d.caps = &capabilities.Capabilities{}

@@ -294,6 +294,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	defer qmpFile.Close()
 	undo = append(undo, func() { os.Remove(f.QMP) })
 
+	if err := d.resolveVolumes(ctx, r); err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
 	if err := d.prepareHost(r); err != nil {
 		return errorf(ErrInvalid, "start %s: %w", name, err)
 	}
@@ -325,6 +328,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	defer nets.close()
 	copts := commandOptions(d, r, emu, 3)
 	copts.NetAttach = nets.attach
+	if err := d.prepareSecrets(r, &copts); err != nil {
+		return err
+	}
 	if o.incoming != nil {
 		copts.Incoming = "defer" // restore: loadIncoming feeds the state
 	}
