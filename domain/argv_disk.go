@@ -386,7 +386,9 @@ func (b *builder) disk(disk *etree.Element) error {
 			f.add("file", nodes[i].storage)
 			if i < len(layers)-1 {
 				f.add("backing", nodes[i+1].format)
-			} else if i > 0 || child(l.e, "backingStore") != nil {
+			} else if (i > 0 || child(l.e, "backingStore") != nil) && format != "raw" && format != "luks" {
+				// Only formats with backing files take "backing" (QEMU
+				// refuses it on raw).
 				f.add("backing", nil)
 			}
 			b.add("-blockdev", f.String())

@@ -55,7 +55,8 @@ func (b *builder) masterKey() error {
 		return nil
 	}
 	if len(b.opts.MasterKey) != 32 || b.opts.MasterKeyFile == "" {
-		return errAt(b.d.root, "encrypted disks need a master key for QEMU's secrets, which this caller did not provide")
+		// Unsupported: validation has no secrets; start-time callers do.
+		return unsupportedAt(b.d.root, "encrypted disks need a master key for QEMU's secrets, which this caller did not provide")
 	}
 	b.add("-object", obj("qom-type", "secret", "id", MasterKeyID, "format", "raw", "file", b.opts.MasterKeyFile).String())
 	return nil
@@ -122,7 +123,7 @@ func (b *builder) encryptionSecret(enc *etree.Element, format, secretID, path st
 		return false, nil, errAt(enc, "<encryption> needs a <secret type='passphrase' uuid='...'/> (or usage='...')")
 	}
 	if b.opts.Secret == nil {
-		return false, nil, errAt(enc, "encrypted disk %s: this caller has no secret driver", path)
+		return false, nil, unsupportedAt(enc, "encrypted disk %s: this caller has no secret driver", path)
 	}
 	uuid, usage := attr(sec, "uuid"), attr(sec, "usage")
 	if uuid == "" && usage == "" {
