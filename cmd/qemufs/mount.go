@@ -253,7 +253,8 @@ func serve(o mountOptions, notify func(string)) error {
 	}
 	secretDrv, err := secrets.New(secrets.Options{
 		ConfigDir: filepath.Join(inst.ConfigDir, "secrets"),
-		KeyFile:   filepath.Join(inst.LibDir, "secrets", "secrets-key"),
+		// Beside QEMU's lib directory, not in it: QEMU's user owns that.
+		KeyFile: filepath.Join(filepath.Dir(inst.LibDir), "secrets", "secrets-encryption-key"),
 	})
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)

@@ -76,6 +76,14 @@ func TestStorage(t *testing.T) {
 		}
 		return nil
 	})
+	// The key: the daemon's alone, outside what QEMU's user owns.
+	keys, _ := filepath.Glob(filepath.Join(m.Root, "lib", "secrets", "secrets-encryption-key"))
+	if len(keys) != 1 {
+		t.Fatalf("no key file under %s/lib/secrets", m.Root)
+	}
+	if fi, err := os.Stat(keys[0]); err != nil || fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Size() != 32 {
+		t.Fatalf("key file %s: %v %v", keys[0], fi.Mode(), err)
+	}
 	if err := os.Mkdir(m.Path("secrets", "not-a-uuid"), 0o755); errnoOf(err) != syscall.EINVAL {
 		t.Fatalf("mkdir secrets/not-a-uuid: %v, want EINVAL", err)
 	}
