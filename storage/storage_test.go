@@ -174,6 +174,12 @@ func TestDirPoolVolumes(t *testing.T) {
 	if err := define("sec.img", `<volume><name>sec.img</name><capacity unit='M'>4</capacity><target><encryption format='luks'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></target></volume>`); err != nil {
 		t.Fatal(err)
 	}
+	if err := define("sec.qcow2", `<volume><name>sec.qcow2</name><capacity unit='M'>4</capacity><target><format type='qcow2'/><encryption format='luks'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></target></volume>`); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := m.VolumeConfig(ctx, "p", "sec.qcow2"); !strings.Contains(string(c), "<format type='qcow2'/>") || !strings.Contains(string(c), "<encryption format='luks'/>") {
+		t.Errorf("LUKS qcow2 config:\n%s", c)
+	}
 	// Refusals change nothing.
 	if err := define("bad", `<volume><name>bad</name></volume>`); !errors.Is(err, errkind.Invalid) {
 		t.Fatalf("bad XML: %v", err)
@@ -221,13 +227,16 @@ func TestDirPoolVolumes(t *testing.T) {
 	if _, err := exec.Command("qemu-io", "--object", "secret,id=s,data=wrong", "-c", "read 0 512", "--image-opts", "driver=luks,key-secret=s,file.filename="+target+"/sec.img").CombinedOutput(); err == nil {
 		t.Fatal("LUKS image opens with a wrong passphrase")
 	}
+	if out, err := exec.Command("qemu-io", "--object", obj, "-c", "read 0 512", "--image-opts", "driver=qcow2,encrypt.key-secret=s,file.filename="+target+"/sec.qcow2").CombinedOutput(); err != nil {
+		t.Fatalf("LUKS qcow2 image with its secret: %v %s", err, out)
+	}
 	img, err := m.Resolve(ctx, "p", "top.qcow2")
 	if err != nil || img.Format != "qcow2" || img.Path != target+"/top.qcow2" || len(img.Backing) != 1 || img.Backing[0].Format != "raw" || img.Backing[0].Path != target+"/base.img" {
 		t.Fatalf("resolve: %+v %v", img, err)
 	}
 	// Refused definitions leave their (empty) slots, as a refused
 	// config.xml leaves the directory made by mkdir.
-	if got := strings.Join(m.VolumeNames("p"), " "); got != "bad base.img nosecret sec.img top.qcow2" {
+	if got := strings.Join(m.VolumeNames("p"), " "); got != "bad base.img nosecret sec.img sec.qcow2 top.qcow2" {
 		t.Fatalf("volumes %q", got)
 	}
 	if err := m.DeleteVolume("p", "bad"); err != nil || m.VolumeExists("p", "bad") {
@@ -276,5 +285,61 @@ func TestPoolTypesHostSupport(t *testing.T) {
 	err = m.Define("vg", []byte(`<pool type='logical'><name>vg</name></pool>`))
 	if !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), "logical") {
 		t.Fatalf("logical: %v", err)
+	}
+}
+
+// TestFSPool mounts a filesystem pool: a file with ext4 made by build
+// --overwrite stands for the block device (mount(8) attaches a loop
+// device), volumes are made in it, destroy unmounts it.
+func TestFSPool(t *testing.T) {
+	needQemuImg(t)
+	if err := hostSupports(&Pool{Type: "fs", Format: "ext4"}); err != nil {
+		t.Skipf("fs pools on this host: %v", err)
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "dev.img")
+	if err := os.WriteFile(dev, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dev, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := New(Options{ConfigDir: filepath.Join(dir, "etc"), RunDir: filepath.Join(dir, "run")})
+	target := filepath.Join(dir, "mnt")
+	m.Create("f")
+	if err := m.Define("f", []byte(`<pool type='fs'><name>f</name><source><device path='`+dev+`'/><format type='ext4'/></source><target><path>`+target+`</path></target></pool>`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Control(ctx, "f", "build --overwrite"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Control(ctx, "f", "start"); err != nil {
+		if strings.Contains(err.Error(), "mount") {
+			t.Skipf("this host cannot loop-mount: %v", err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("umount", target).Run() })
+	if !isMountpoint(target) {
+		t.Fatal("started fs pool is not mounted")
+	}
+	if err := m.CreateVolume("f", "v.qcow2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DefineVolume(ctx, "f", "v.qcow2", []byte(`<volume><name>v.qcow2</name><capacity unit='M'>4</capacity><target><format type='qcow2'/></target></volume>`)); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := m.Config("f"); !strings.Contains(string(cfg), "<device path='"+dev+"'/>") || strings.Contains(string(cfg), "<capacity unit='bytes'>0<") {
+		t.Fatalf("fs pool config:\n%s", cfg)
+	}
+	if err := m.Control(ctx, "f", "destroy"); err != nil {
+		t.Fatal(err)
+	}
+	if isMountpoint(target) {
+		t.Fatal("destroyed fs pool is still mounted")
+	}
+	if _, err := os.Stat(filepath.Join(target, "v.qcow2")); err == nil {
+		t.Fatal("the volume is visible with the filesystem unmounted")
 	}
 }
