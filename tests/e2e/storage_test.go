@@ -153,6 +153,28 @@ func TestStorage(t *testing.T) {
 	if strings.Contains(string(cmdline), passphrase) || !strings.Contains(string(cmdline), "masterKey0") {
 		t.Errorf("QEMU's command line: %q", cmdline)
 	}
+	// The resolved volume and its backing file went through DAC like
+	// any file disk: QEMU's user has them while it runs, root after.
+	owner := func(p string) (uint32, uint32) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return st.Uid, st.Gid
+	}
+	qemuUID, qemuGID := owner(filepath.Join(m.Root, "lib", "qemu"))
+	if qemuUID != 0 {
+		for _, f := range []string{"top.qcow2", "sec.img"} {
+			if u, _ := owner(filepath.Join(images, f)); u != qemuUID {
+				t.Errorf("%s is owned by %d while the guest runs, want QEMU's %d", f, u, qemuUID)
+			}
+		}
+		// The backing file is shared read-only: QEMU's group.
+		if _, g := owner(filepath.Join(images, "base.img")); g != qemuGID {
+			t.Errorf("base.img has group %d while the guest runs, want QEMU's %d", g, qemuGID)
+		}
+	}
 	mustOK(t, m.Send("cat /proc/partitions | sed 's/^/PA''RT /'\n", "g", "console"))
 	m.WaitConsole("g", "vda", 60*time.Second)
 	m.WaitConsole("g", "vdb", 60*time.Second)
@@ -160,6 +182,11 @@ func TestStorage(t *testing.T) {
 	m.WaitConsole("g", "MARKER="+strings.Repeat("5a", 16), 60*time.Second)
 	m.MustCtl("g", "destroy")
 	m.WaitState("g", "shut off (destroyed)", boot)
+	for _, f := range []string{"top.qcow2", "base.img", "sec.img"} {
+		if u, g := owner(filepath.Join(images, f)); u != 0 || g != 0 {
+			t.Errorf("%s is owned by %d:%d after the guest stopped, want root's again", f, u, g)
+		}
+	}
 
 	// A missing secret fails the start with the reason; nothing runs.
 	const missing = "0b0b0b0b-1111-2222-3333-444444444444"
