@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/internal/atomicfile"
@@ -82,4 +84,34 @@ func (d *Driver) previewSecrets(r *run, o *domain.CommandOptions) {
 	key := make([]byte, 32)
 	rand.Read(key)
 	o.MasterKey, o.MasterKeyFile, o.Secret = key, masterKeyFile(r), d.secrets.Lookup
+}
+
+// DiskUser names a running guest that has path as a disk image or one of
+// its backing images ("" when none), so that the storage driver refuses
+// to delete a volume in use.
+func (d *Driver) DiskUser(path string) string {
+	d.mu.Lock()
+	doms := make([]*dom, 0, len(d.doms))
+	for _, dm := range d.doms {
+		doms = append(doms, dm)
+	}
+	d.mu.Unlock()
+	sort.Slice(doms, func(i, j int) bool { return doms[i].name < doms[j].name })
+	for _, dm := range doms {
+		dm.mu.Lock()
+		r := dm.run
+		dm.mu.Unlock()
+		if r == nil {
+			continue
+		}
+		r.mu.Lock()
+		disks := r.live.Disks()
+		r.mu.Unlock()
+		for _, dk := range disks {
+			if dk.Source == path || slices.Contains(dk.BackingStore, path) {
+				return dm.name
+			}
+		}
+	}
+	return ""
 }

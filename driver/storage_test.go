@@ -95,7 +95,17 @@ func TestVolumeAndLUKSDisks(t *testing.T) {
 	if strings.Contains(string(cmdline), pass) || !strings.Contains(string(cmdline), `"key-secret":"libvirt-1-format-encryption-secret0"`) {
 		t.Fatalf("QEMU's command line: %q", cmdline)
 	}
+	// A volume the guest uses (or a backing file of one) is not deleted.
+	pools.SetInUse(d.DiskUser)
+	for _, v := range []string{"top.qcow2", "base.img"} {
+		if err := pools.DeleteVolume("p", v); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "guest g") {
+			t.Errorf("delete %s in use: %v", v, err)
+		}
+	}
 	must(d.Control(ctx, "g", "destroy"))
+	if u := d.DiskUser(images + "/top.qcow2"); u != "" {
+		t.Errorf("a stopped guest still uses top.qcow2: %q", u)
+	}
 	if _, err := os.Stat(masterKeyFile(r)); err == nil {
 		t.Error("the master key outlives the run")
 	}

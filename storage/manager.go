@@ -42,6 +42,26 @@ type Manager struct {
 
 	mu    sync.Mutex
 	pools map[string]*entry
+	inUse func(path string) string
+}
+
+// SetInUse tells the manager who uses an image: f names the running guest
+// that has path open ("" when none). A volume in use is not deleted.
+func (m *Manager) SetInUse(f func(path string) string) {
+	m.mu.Lock()
+	m.inUse = f
+	m.mu.Unlock()
+}
+
+// user is the guest using path, "" when none (or when nobody tells).
+func (m *Manager) user(path string) string {
+	m.mu.Lock()
+	f := m.inUse
+	m.mu.Unlock()
+	if f == nil {
+		return ""
+	}
+	return f(path)
 }
 
 // entry is one pool: a slot made by mkdir, defined by its config.xml.

@@ -158,6 +158,9 @@ func (m *Manager) DeleteVolume(pool, vol string) error {
 		}
 		return err
 	}
+	if g := m.user(volumePath(p, vol)); g != "" {
+		return errkind.Errorf(errkind.Busy, "delete volume %s/%s: guest %s is using it", pool, vol, g)
+	}
 	if err := os.Remove(volumePath(p, vol)); err != nil {
 		if errors.Is(err, os.ErrNotExist) && slot {
 			return nil

@@ -275,6 +275,7 @@ func serve(o mountOptions, notify func(string)) error {
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)
 	}
+	pools.SetInUse(drv.DiskUser)
 	access, err := accessFor(inst, conf)
 	if err != nil {
 		drv.Close()
