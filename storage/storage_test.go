@@ -265,6 +265,24 @@ func TestDirPoolVolumes(t *testing.T) {
 	if _, err := m.VolumePath("p", "base.img"); !errors.Is(err, errkind.Invalid) {
 		t.Fatalf("path in inactive pool: %v", err)
 	}
+	// At the next mount, an autostart pool starts.
+	m3, err := New(Options{ConfigDir: filepath.Join(dir, "etc"), RunDir: filepath.Join(dir, "run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := m3.State("p"); s != "inactive autostart" {
+		t.Fatalf("before autostart: %q", s)
+	}
+	m3.Autostart(ctx)
+	if s, _ := m3.State("p"); s != "running autostart" {
+		t.Fatalf("after autostart: %q (%s)", s, m3.LastError("p"))
+	}
+	if err := m3.Control(ctx, "p", "autostart off"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m3.Control(ctx, "p", "destroy"); err != nil {
+		t.Fatal(err)
+	}
 	if err := m.Remove("p"); err != nil {
 		t.Fatal(err)
 	}
