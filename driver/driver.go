@@ -60,16 +60,16 @@ const (
 
 // Driver manages the domains of one instance.
 type Driver struct {
-	opts    Options
-	inst    *instance.Instance
-	conf    *instance.Config
-	caps    *capabilities.Capabilities
-	sec     *security.Stack
-	nets    *network.Manager
-	pools   *storage.Manager
-	secrets *secrets.Manager
-	logf    func(format string, args ...any)
-	ports   *portAllocator
+	opts  Options
+	inst  *instance.Instance
+	conf  *instance.Config
+	caps  *capabilities.Capabilities
+	sec   *security.Stack
+	nets  *network.Manager
+	pools *storage.Manager
+	secs  *secrets.Manager
+	logf  func(format string, args ...any)
+	ports *portAllocator
 
 	mu      sync.Mutex
 	doms    map[string]*dom
@@ -106,16 +106,15 @@ func New(opts Options) (*Driver, error) {
 		return nil, errors.New("driver: Instance and Config are required")
 	}
 	d := &Driver{
-		opts:    opts,
-		inst:    opts.Instance,
-		conf:    opts.Config,
-		caps:    opts.Caps,
-		sec:     opts.Security,
-		nets:    opts.Networks,
-		pools:   opts.Pools,
-		secrets: opts.Secrets,
-		doms:    map[string]*dom{},
+		opts: opts,
+		inst: opts.Instance,
+		conf: opts.Config,
+		caps: opts.Caps,
+		sec:  opts.Security,
+		nets: opts.Networks,
+		doms: map[string]*dom{},
 	}
+	d.pools, d.secs = opts.Pools, opts.Secrets
 	if d.caps == nil {
 		d.caps = &capabilities.Capabilities{}
 	}

@@ -51,7 +51,7 @@ func (d *Driver) prepareSecrets(r *run, o *domain.CommandOptions) error {
 	if !r.live.UsesSecrets() {
 		return nil
 	}
-	if d.secrets == nil {
+	if d.secs == nil {
 		return errorf(ErrInvalid, "start %s: encrypted disks need secrets, and this instance has no secret driver", r.dm.name)
 	}
 	key := make([]byte, 32)
@@ -61,7 +61,7 @@ func (d *Driver) prepareSecrets(r *run, o *domain.CommandOptions) error {
 	if err := atomicfile.WriteFile(masterKeyFile(r), key, 0o600); err != nil {
 		return errorf(ErrIO, "start %s: master key: %w", r.dm.name, err)
 	}
-	o.MasterKey, o.MasterKeyFile, o.Secret = key, masterKeyFile(r), d.secrets.Lookup
+	o.MasterKey, o.MasterKeyFile, o.Secret = key, masterKeyFile(r), d.secs.Lookup
 	return nil
 }
 
@@ -78,12 +78,12 @@ func masterKeyReads(r *run) []string {
 // secret objects: encrypted with a key that is thrown away, so the text
 // reveals no value.
 func (d *Driver) previewSecrets(r *run, o *domain.CommandOptions) {
-	if d.secrets == nil || !r.live.UsesSecrets() {
+	if d.secs == nil || !r.live.UsesSecrets() {
 		return
 	}
 	key := make([]byte, 32)
 	rand.Read(key)
-	o.MasterKey, o.MasterKeyFile, o.Secret = key, masterKeyFile(r), d.secrets.Lookup
+	o.MasterKey, o.MasterKeyFile, o.Secret = key, masterKeyFile(r), d.secs.Lookup
 }
 
 // DiskUser names a running guest that has path as a disk image or one of

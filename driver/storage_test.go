@@ -37,7 +37,7 @@ func TestVolumeAndLUKSDisks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.pools, d.secrets = pools, sec
+	d.pools, d.secs = pools, sec
 	const u = "6f1e2a44-9d3c-4b7a-8e21-0c5d7a9b3f10"
 	const pass = "driver-test-passphrase"
 	must := func(err error) {
