@@ -145,7 +145,7 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 func (m *Manager) lookup(name string) (*entry, error) {
 	e := m.secrets[name]
 	if e == nil {
-		return nil, errkind.Errorf(errkind.NotFound, "secret %s does not exist", name)
+		return nil, errkind.Errorf(kindNotFound, "secret %s does not exist", name)
 	}
 	return e, nil
 }
@@ -174,12 +174,12 @@ func (m *Manager) Exists(name string) bool {
 func (m *Manager) Create(name string) error {
 	u, err := CanonicalUUID(name)
 	if err != nil || u != name {
-		return errkind.Errorf(errkind.Invalid, "secret directory %q: name it by the secret's UUID, lower case with dashes (e.g. from uuidgen)", name)
+		return errkind.Errorf(kindInvalid, "secret directory %q: name it by the secret's UUID, lower case with dashes (e.g. from uuidgen)", name)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.secrets[name] != nil {
-		return errkind.Errorf(errkind.Exist, "secret %s exists already", name)
+		return errkind.Errorf(kindExist, "secret %s exists already", name)
 	}
 	m.secrets[name] = &entry{}
 	return nil
@@ -194,7 +194,7 @@ func (m *Manager) Remove(name string) error {
 	}
 	for _, p := range []string{m.valuePath(name), m.defPath(name)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return errkind.Errorf(errkind.IO, "undefine secret %s: %w", name, err)
+			return errkind.Errorf(kindIO, "undefine secret %s: %w", name, err)
 		}
 	}
 	delete(m.secrets, name)
@@ -233,27 +233,27 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 	}()
 	s, err := Parse(data)
 	if err != nil {
-		return errkind.Errorf(errkind.Invalid, "define secret %s: %w", name, err)
+		return errkind.Errorf(kindInvalid, "define secret %s: %w", name, err)
 	}
 	if s.UUID == "" {
 		s.UUID = name
 	}
 	if s.UUID != name {
-		return errkind.Errorf(errkind.Invalid, "define secret %s: the XML's uuid is %s; a secret's directory is named by its UUID", name, s.UUID)
+		return errkind.Errorf(kindInvalid, "define secret %s: the XML's uuid is %s; a secret's directory is named by its UUID", name, s.UUID)
 	}
 	if e.def != nil && e.def.Ephemeral != s.Ephemeral {
-		return errkind.Errorf(errkind.Invalid, "define secret %s: cannot change ephemeral='%v' of a defined secret (remove it first)", name, yes(e.def.Ephemeral))
+		return errkind.Errorf(kindInvalid, "define secret %s: cannot change ephemeral='%v' of a defined secret (remove it first)", name, yes(e.def.Ephemeral))
 	}
 	if s.UsageType != "" {
 		for u, o := range m.secrets {
 			if u != name && o.def != nil && o.def.UsageType == s.UsageType && o.def.UsageID == s.UsageID {
-				return errkind.Errorf(errkind.Exist, "define secret %s: secret %s already has usage %s %q", name, u, s.UsageType, s.UsageID)
+				return errkind.Errorf(kindExist, "define secret %s: secret %s already has usage %s %q", name, u, s.UsageType, s.UsageID)
 			}
 		}
 	}
 	if !s.Ephemeral {
 		if err := atomicfile.WriteFile(m.defPath(name), s.XML(), 0o600); err != nil {
-			return errkind.Errorf(errkind.IO, "define secret %s: %w", name, err)
+			return errkind.Errorf(kindIO, "define secret %s: %w", name, err)
 		}
 	}
 	e.def = s
@@ -286,10 +286,10 @@ func (m *Manager) SetValue(name string, value []byte) (err error) {
 		}
 	}()
 	if e.def == nil {
-		return errkind.Errorf(errkind.Invalid, "secret %s: write its config.xml before its value", name)
+		return errkind.Errorf(kindInvalid, "secret %s: write its config.xml before its value", name)
 	}
 	if len(value) == 0 {
-		return errkind.Errorf(errkind.Invalid, "secret %s: an empty value", name)
+		return errkind.Errorf(kindInvalid, "secret %s: an empty value", name)
 	}
 	if e.def.Ephemeral {
 		e.value, e.hasVal = append([]byte(nil), value...), true
@@ -297,10 +297,10 @@ func (m *Manager) SetValue(name string, value []byte) (err error) {
 	}
 	sealed, err := seal(m.key, name, value)
 	if err != nil {
-		return errkind.Errorf(errkind.IO, "secret %s: %w", name, err)
+		return errkind.Errorf(kindIO, "secret %s: %w", name, err)
 	}
 	if err := atomicfile.WriteFile(m.valuePath(name), sealed, 0o600); err != nil {
-		return errkind.Errorf(errkind.IO, "secret %s: %w", name, err)
+		return errkind.Errorf(kindIO, "secret %s: %w", name, err)
 	}
 	e.hasVal = true
 	return nil
@@ -316,7 +316,7 @@ func (m *Manager) Value(name string) ([]byte, error) {
 		return nil, err
 	}
 	if e.def != nil && e.def.Private {
-		err := errkind.Errorf(errkind.Perm, "secret %s: %w", name, ErrPrivate)
+		err := errkind.Errorf(kindPerm, "secret %s: %w", name, ErrPrivate)
 		e.lastErr = err.Error()
 		return nil, err
 	}
@@ -326,21 +326,21 @@ func (m *Manager) Value(name string) ([]byte, error) {
 // value reads and decrypts a value; m.mu is held.
 func (m *Manager) value(name string, e *entry) ([]byte, error) {
 	if e.def == nil {
-		return nil, errkind.Errorf(errkind.NotFound, "secret %s is not defined", name)
+		return nil, errkind.Errorf(kindNotFound, "secret %s is not defined", name)
 	}
 	if !e.hasVal {
-		return nil, errkind.Errorf(errkind.NotFound, "secret %s has no value", name)
+		return nil, errkind.Errorf(kindNotFound, "secret %s has no value", name)
 	}
 	if e.def.Ephemeral {
 		return append([]byte(nil), e.value...), nil
 	}
 	data, err := os.ReadFile(m.valuePath(name))
 	if err != nil {
-		return nil, errkind.Errorf(errkind.IO, "secret %s: %w", name, err)
+		return nil, errkind.Errorf(kindIO, "secret %s: %w", name, err)
 	}
 	v, err := open(m.key, name, data)
 	if err != nil {
-		return nil, errkind.Errorf(errkind.IO, "secret %s: %w", name, err)
+		return nil, errkind.Errorf(kindIO, "secret %s: %w", name, err)
 	}
 	return v, nil
 }
@@ -364,11 +364,11 @@ func (m *Manager) Lookup(uuid, usageType, usageID string) ([]byte, error) {
 	if uuid != "" {
 		u, err := CanonicalUUID(uuid)
 		if err != nil {
-			return nil, errkind.Errorf(errkind.Invalid, "secret: %w", err)
+			return nil, errkind.Errorf(kindInvalid, "secret: %w", err)
 		}
 		e := m.secrets[u]
 		if e == nil || e.def == nil {
-			return nil, errkind.Errorf(errkind.NotFound, "secret %s is not defined (define it under secrets/%s)", u, u)
+			return nil, errkind.Errorf(kindNotFound, "secret %s is not defined (define it under secrets/%s)", u, u)
 		}
 		return m.value(u, e)
 	}
@@ -377,7 +377,7 @@ func (m *Manager) Lookup(uuid, usageType, usageID string) ([]byte, error) {
 			return m.value(u, e)
 		}
 	}
-	return nil, errkind.Errorf(errkind.NotFound, "no secret has usage %s %q", usageType, usageID)
+	return nil, errkind.Errorf(kindNotFound, "no secret has usage %s %q", usageType, usageID)
 }
 
 // LastError is the message of the secret's last failed operation.

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/qemufs/qemufs/internal/errkind"
 )
 
 func TestParse(t *testing.T) {
@@ -70,16 +68,16 @@ func TestValueAtRest(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(dir, "lib", "secrets.key")); err != nil || fi.Mode().Perm() != 0o600 || fi.Size() != 32 {
 		t.Fatalf("key file: %v %v", fi, err)
 	}
-	if err := m.Create("not-a-uuid"); !errors.Is(err, errkind.Invalid) {
+	if err := m.Create("not-a-uuid"); !errors.Is(err, kindInvalid) {
 		t.Fatalf("create bad name: %v", err)
 	}
 	if err := m.Create(u1); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.SetValue(u1, []byte("x")); !errors.Is(err, errkind.Invalid) {
+	if err := m.SetValue(u1, []byte("x")); !errors.Is(err, kindInvalid) {
 		t.Fatalf("value before definition: %v", err)
 	}
-	if err := m.Define(u1, []byte(`<secret><uuid>11111111-2222-3333-4444-555555555555</uuid></secret>`)); !errors.Is(err, errkind.Invalid) {
+	if err := m.Define(u1, []byte(`<secret><uuid>11111111-2222-3333-4444-555555555555</uuid></secret>`)); !errors.Is(err, kindInvalid) {
 		t.Fatalf("other uuid: %v", err)
 	}
 	if err := m.Define(u1, []byte(`<secret private='no'><usage type='volume'><volume>/a</volume></usage></secret>`)); err != nil {
@@ -108,7 +106,7 @@ func TestValueAtRest(t *testing.T) {
 	if err := m2.Define(u1, []byte(`<secret private='yes'><usage type='volume'><volume>/a</volume></usage></secret>`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m2.Value(u1); !errors.Is(err, errkind.Perm) || !strings.Contains(err.Error(), "private") {
+	if _, err := m2.Value(u1); !errors.Is(err, kindPerm) || !strings.Contains(err.Error(), "private") {
 		t.Fatalf("private value: %v", err)
 	}
 	if v, err := m2.Lookup(strings.ToUpper(u1), "", ""); err != nil || string(v) != "hunter2-passphrase" {
@@ -117,7 +115,7 @@ func TestValueAtRest(t *testing.T) {
 	// A usage taken by another secret is refused.
 	const u2 = "11111111-2222-3333-4444-555555555555"
 	m2.Create(u2)
-	if err := m2.Define(u2, []byte(`<secret><usage type='volume'><volume>/a</volume></usage></secret>`)); !errors.Is(err, errkind.Exist) {
+	if err := m2.Define(u2, []byte(`<secret><usage type='volume'><volume>/a</volume></usage></secret>`)); !errors.Is(err, kindExist) {
 		t.Fatalf("usage clash: %v", err)
 	}
 	// A replaced key file: the value no longer decrypts, with the reason.
@@ -125,7 +123,7 @@ func TestValueAtRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	m3 := newMgr(t, dir)
-	if _, err := m3.Lookup(u1, "", ""); !errors.Is(err, errkind.IO) || !strings.Contains(err.Error(), "key file") {
+	if _, err := m3.Lookup(u1, "", ""); !errors.Is(err, kindIO) || !strings.Contains(err.Error(), "key file") {
 		t.Fatalf("wrong key: %v", err)
 	}
 	// A short key file is refused.
@@ -133,7 +131,7 @@ func TestValueAtRest(t *testing.T) {
 	if _, err := New(Options{ConfigDir: filepath.Join(dir, "etc"), KeyFile: filepath.Join(dir, "lib", "secrets.key")}); err == nil {
 		t.Fatal("short key accepted")
 	}
-	if _, err := m3.Lookup("99999999-2222-3333-4444-555555555555", "", ""); !errors.Is(err, errkind.NotFound) {
+	if _, err := m3.Lookup("99999999-2222-3333-4444-555555555555", "", ""); !errors.Is(err, kindNotFound) {
 		t.Fatalf("missing secret: %v", err)
 	}
 }
@@ -154,7 +152,7 @@ func TestEphemeral(t *testing.T) {
 	if files, _ := filepath.Glob(filepath.Join(dir, "etc", "*")); len(files) != 0 {
 		t.Fatalf("ephemeral secret on disk: %v", files)
 	}
-	if err := m.Define(u1, []byte(`<secret ephemeral='no'/>`)); !errors.Is(err, errkind.Invalid) {
+	if err := m.Define(u1, []byte(`<secret ephemeral='no'/>`)); !errors.Is(err, kindInvalid) {
 		t.Fatalf("ephemeral change: %v", err)
 	}
 	if err := m.Remove(u1); err != nil || m.Exists(u1) {

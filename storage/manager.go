@@ -130,7 +130,7 @@ func (m *Manager) lookup(name string) (*entry, error) {
 	defer m.mu.Unlock()
 	e := m.pools[name]
 	if e == nil {
-		return nil, errkind.Errorf(errkind.NotFound, "pool %q does not exist", name)
+		return nil, errkind.Errorf(kindNotFound, "pool %q does not exist", name)
 	}
 	return e, nil
 }
@@ -156,12 +156,12 @@ func (m *Manager) Exists(name string) bool {
 // Create makes an empty slot, defined by a later Define.
 func (m *Manager) Create(name string) error {
 	if !NameRE.MatchString(name) {
-		return errkind.Errorf(errkind.Invalid, "pool name %q: use letters, digits and _ . + - (not starting with . + -)", name)
+		return errkind.Errorf(kindInvalid, "pool name %q: use letters, digits and _ . + - (not starting with . + -)", name)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pools[name] != nil {
-		return errkind.Errorf(errkind.Exist, "pool %q exists already", name)
+		return errkind.Errorf(kindExist, "pool %q exists already", name)
 	}
 	m.pools[name] = newEntry(name)
 	return nil
@@ -176,11 +176,11 @@ func (m *Manager) Remove(name string) error {
 	e.op.Lock()
 	defer e.op.Unlock()
 	if e.active {
-		return errkind.Errorf(errkind.Busy, "undefine pool %s: it is active; destroy it first", name)
+		return errkind.Errorf(kindBusy, "undefine pool %s: it is active; destroy it first", name)
 	}
 	for _, p := range []string{m.defPath(name), m.autostartPath(name)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return errkind.Errorf(errkind.IO, "undefine pool %s: %w", name, err)
+			return errkind.Errorf(kindIO, "undefine pool %s: %w", name, err)
 		}
 	}
 	m.mu.Lock()
@@ -224,13 +224,13 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 	defer func() { m.note(e, err) }()
 	p, err := ParsePool(data)
 	if err != nil {
-		return errkind.Errorf(errkind.Invalid, "define pool %s: %w", name, err)
+		return errkind.Errorf(kindInvalid, "define pool %s: %w", name, err)
 	}
 	if p.Name != name {
-		return errkind.Errorf(errkind.Invalid, "define pool %s: the XML names it %q", name, p.Name)
+		return errkind.Errorf(kindInvalid, "define pool %s: the XML names it %q", name, p.Name)
 	}
 	if err := hostSupports(p); err != nil {
-		return errkind.Errorf(errkind.Invalid, "define pool %s: %w", name, err)
+		return errkind.Errorf(kindInvalid, "define pool %s: %w", name, err)
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
@@ -241,17 +241,17 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 		}
 		if p.UUID != "" && o.def.UUID == p.UUID {
 			m.mu.Unlock()
-			return errkind.Errorf(errkind.Exist, "define pool %s: pool %s has UUID %s already", name, o.name, p.UUID)
+			return errkind.Errorf(kindExist, "define pool %s: pool %s has UUID %s already", name, o.name, p.UUID)
 		}
 		if o.def.Target == p.Target {
 			m.mu.Unlock()
-			return errkind.Errorf(errkind.Exist, "define pool %s: pool %s uses target %s already", name, o.name, p.Target)
+			return errkind.Errorf(kindExist, "define pool %s: pool %s uses target %s already", name, o.name, p.Target)
 		}
 	}
 	old, active := e.def, e.active
 	m.mu.Unlock()
 	if active && old != nil && (old.Target != p.Target || old.Type != p.Type) {
-		return errkind.Errorf(errkind.Busy, "define pool %s: it is active; destroy it before changing its type or target", name)
+		return errkind.Errorf(kindBusy, "define pool %s: it is active; destroy it before changing its type or target", name)
 	}
 	if p.UUID == "" {
 		if old != nil {
@@ -261,7 +261,7 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 		}
 	}
 	if err := atomicfile.WriteFile(m.defPath(name), p.XML(0, 0, 0), 0o600); err != nil {
-		return errkind.Errorf(errkind.IO, "define pool %s: %w", name, err)
+		return errkind.Errorf(kindIO, "define pool %s: %w", name, err)
 	}
 	m.mu.Lock()
 	e.def = p
@@ -308,7 +308,7 @@ func (m *Manager) Control(ctx context.Context, name, line string) (err error) {
 	case len(f) == 2 && f[0] == "autostart" && (f[1] == "on" || f[1] == "off"):
 		return m.SetAutostart(name, f[1] == "on")
 	}
-	return errkind.Errorf(errkind.Invalid, "pool %s: unknown command %q; commands: start, destroy, refresh, build [--overwrite], autostart on|off", name, strings.TrimSpace(line))
+	return errkind.Errorf(kindInvalid, "pool %s: unknown command %q; commands: start, destroy, refresh, build [--overwrite], autostart on|off", name, strings.TrimSpace(line))
 }
 
 // defined returns the entry's definition under e.op.
@@ -316,7 +316,7 @@ func (m *Manager) defined(e *entry, what string) (*Pool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e.def == nil {
-		return nil, errkind.Errorf(errkind.Invalid, "%s pool %s: it is not defined (write its config.xml)", what, e.name)
+		return nil, errkind.Errorf(kindInvalid, "%s pool %s: it is not defined (write its config.xml)", what, e.name)
 	}
 	return e.def, nil
 }
@@ -335,23 +335,23 @@ func (m *Manager) Build(ctx context.Context, name string, overwrite bool) error 
 		return err
 	}
 	if e.active {
-		return errkind.Errorf(errkind.Busy, "build pool %s: it is active", name)
+		return errkind.Errorf(kindBusy, "build pool %s: it is active", name)
 	}
 	if err := hostSupports(p); err != nil {
-		return errkind.Errorf(errkind.Invalid, "build pool %s: %w", name, err)
+		return errkind.Errorf(kindInvalid, "build pool %s: %w", name, err)
 	}
 	if err := os.MkdirAll(p.Target, os.FileMode(p.Mode)); err != nil {
-		return errkind.Errorf(errkind.IO, "build pool %s: %w", name, err)
+		return errkind.Errorf(kindIO, "build pool %s: %w", name, err)
 	}
 	if err := os.Chmod(p.Target, os.FileMode(p.Mode)); err != nil {
-		return errkind.Errorf(errkind.IO, "build pool %s: %w", name, err)
+		return errkind.Errorf(kindIO, "build pool %s: %w", name, err)
 	}
 	if p.Type == "fs" && overwrite {
 		if p.Format == "" || p.Format == "auto" {
-			return errkind.Errorf(errkind.Invalid, "build pool %s: --overwrite makes a filesystem: name its type in <source><format type='ext4'/>", name)
+			return errkind.Errorf(kindInvalid, "build pool %s: --overwrite makes a filesystem: name its type in <source><format type='ext4'/>", name)
 		}
 		if out, err := exec.CommandContext(ctx, "mkfs", "-t", p.Format, p.Device).CombinedOutput(); err != nil {
-			return errkind.Errorf(errkind.IO, "build pool %s: mkfs -t %s %s: %v: %s", name, p.Format, p.Device, err, strings.TrimSpace(string(out)))
+			return errkind.Errorf(kindIO, "build pool %s: mkfs -t %s %s: %v: %s", name, p.Format, p.Device, err, strings.TrimSpace(string(out)))
 		}
 	}
 	return nil
@@ -371,22 +371,22 @@ func (m *Manager) Start(ctx context.Context, name string) error {
 		return err
 	}
 	if e.active {
-		return errkind.Errorf(errkind.Busy, "start pool %s: it is active already", name)
+		return errkind.Errorf(kindBusy, "start pool %s: it is active already", name)
 	}
 	if err := hostSupports(p); err != nil {
-		return errkind.Errorf(errkind.Invalid, "start pool %s: %w", name, err)
+		return errkind.Errorf(kindInvalid, "start pool %s: %w", name, err)
 	}
 	fi, err := os.Stat(p.Target)
 	if err != nil || !fi.IsDir() {
-		return errkind.Errorf(errkind.Invalid, "start pool %s: target directory %s does not exist; build the pool first (echo build > ctl)", name, p.Target)
+		return errkind.Errorf(kindInvalid, "start pool %s: target directory %s does not exist; build the pool first (echo build > ctl)", name, p.Target)
 	}
 	if p.Type == "fs" {
 		if err := mountFS(ctx, p); err != nil {
-			return errkind.Errorf(errkind.IO, "start pool %s: %w", name, err)
+			return errkind.Errorf(kindIO, "start pool %s: %w", name, err)
 		}
 	}
 	if err := atomicfile.WriteFile(m.activePath(name), []byte(name+"\n"), 0o600); err != nil {
-		return errkind.Errorf(errkind.IO, "start pool %s: %w", name, err)
+		return errkind.Errorf(kindIO, "start pool %s: %w", name, err)
 	}
 	m.mu.Lock()
 	e.active = true
@@ -407,11 +407,11 @@ func (m *Manager) Destroy(ctx context.Context, name string) error {
 		return err
 	}
 	if !e.active {
-		return errkind.Errorf(errkind.Busy, "destroy pool %s: it is not active", name)
+		return errkind.Errorf(kindBusy, "destroy pool %s: it is not active", name)
 	}
 	if p.Type == "fs" && isMountpoint(p.Target) {
 		if out, err := exec.CommandContext(ctx, "umount", p.Target).CombinedOutput(); err != nil {
-			return errkind.Errorf(errkind.Busy, "destroy pool %s: umount %s: %v: %s", name, p.Target, err, strings.TrimSpace(string(out)))
+			return errkind.Errorf(kindBusy, "destroy pool %s: umount %s: %v: %s", name, p.Target, err, strings.TrimSpace(string(out)))
 		}
 	}
 	os.Remove(m.activePath(name))
@@ -436,7 +436,7 @@ func (m *Manager) Refresh(name string) error {
 		return err
 	}
 	if _, err := os.ReadDir(p.Target); err != nil {
-		return errkind.Errorf(errkind.IO, "refresh pool %s: %w", name, err)
+		return errkind.Errorf(kindIO, "refresh pool %s: %w", name, err)
 	}
 	return nil
 }
@@ -446,7 +446,7 @@ func (m *Manager) active(e *entry, what string) (*Pool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e.def == nil || !e.active {
-		return nil, errkind.Errorf(errkind.Invalid, "%s pool %s: it is not active (echo start > ctl)", what, e.name)
+		return nil, errkind.Errorf(kindInvalid, "%s pool %s: it is not active (echo start > ctl)", what, e.name)
 	}
 	return e.def, nil
 }
@@ -468,7 +468,7 @@ func (m *Manager) SetAutostart(name string, on bool) error {
 		err = nil
 	}
 	if err != nil {
-		return errkind.Errorf(errkind.IO, "autostart pool %s: %w", name, err)
+		return errkind.Errorf(kindIO, "autostart pool %s: %w", name, err)
 	}
 	m.mu.Lock()
 	e.autostart = on

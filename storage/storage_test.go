@@ -127,7 +127,7 @@ func TestDirPoolVolumes(t *testing.T) {
 			if uuid == "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f" {
 				return secret, nil
 			}
-			return nil, errkind.Errorf(errkind.NotFound, "secret %s is not defined", uuid)
+			return nil, errkind.Errorf(kindNotFound, "secret %s is not defined", uuid)
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -136,16 +136,16 @@ func TestDirPoolVolumes(t *testing.T) {
 	if err := m.Create("p"); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Define("p", []byte(`<pool type='dir'><name>q</name><target><path>`+target+`</path></target></pool>`)); !errors.Is(err, errkind.Invalid) {
+	if err := m.Define("p", []byte(`<pool type='dir'><name>q</name><target><path>`+target+`</path></target></pool>`)); !errors.Is(err, kindInvalid) {
 		t.Fatalf("name mismatch: %v", err)
 	}
 	if err := m.Define("p", []byte(`<pool type='dir'><name>p</name><target><path>`+target+`</path></target></pool>`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Control(ctx, "p", "start"); !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), "build") {
+	if err := m.Control(ctx, "p", "start"); !errors.Is(err, kindInvalid) || !strings.Contains(err.Error(), "build") {
 		t.Fatalf("start before build: %v", err)
 	}
-	if err := m.CreateVolume("p", "a"); !errors.Is(err, errkind.Invalid) {
+	if err := m.CreateVolume("p", "a"); !errors.Is(err, kindInvalid) {
 		t.Fatalf("volume in inactive pool: %v", err)
 	}
 	for _, c := range []string{"build", "start", "refresh", "autostart on"} {
@@ -153,7 +153,7 @@ func TestDirPoolVolumes(t *testing.T) {
 			t.Fatalf("%s: %v", c, err)
 		}
 	}
-	if err := m.Control(ctx, "p", "frobnicate"); !errors.Is(err, errkind.Invalid) || m.LastError("p") == "" {
+	if err := m.Control(ctx, "p", "frobnicate"); !errors.Is(err, kindInvalid) || m.LastError("p") == "" {
 		t.Fatalf("bad command: %v", err)
 	}
 	if s, _ := m.State("p"); s != "running autostart" {
@@ -181,13 +181,13 @@ func TestDirPoolVolumes(t *testing.T) {
 		t.Errorf("LUKS qcow2 config:\n%s", c)
 	}
 	// Refusals change nothing.
-	if err := define("bad", `<volume><name>bad</name></volume>`); !errors.Is(err, errkind.Invalid) {
+	if err := define("bad", `<volume><name>bad</name></volume>`); !errors.Is(err, kindInvalid) {
 		t.Fatalf("bad XML: %v", err)
 	}
-	if err := m.DefineVolume(ctx, "p", "base.img", []byte(`<volume><name>base.img</name><capacity>1</capacity></volume>`)); !errors.Is(err, errkind.Exist) {
+	if err := m.DefineVolume(ctx, "p", "base.img", []byte(`<volume><name>base.img</name><capacity>1</capacity></volume>`)); !errors.Is(err, kindExist) {
 		t.Fatalf("redefine: %v", err)
 	}
-	if err := define("nosecret", `<volume><name>nosecret</name><capacity>1048576</capacity><target><encryption format='luks'><secret type='passphrase' uuid='11111111-2222-3333-4444-555555555555'/></encryption></target></volume>`); !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), "not defined") {
+	if err := define("nosecret", `<volume><name>nosecret</name><capacity>1048576</capacity><target><encryption format='luks'><secret type='passphrase' uuid='11111111-2222-3333-4444-555555555555'/></encryption></target></volume>`); !errors.Is(err, kindInvalid) || !strings.Contains(err.Error(), "not defined") {
 		t.Fatalf("missing secret: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(target, "nosecret")); err == nil {
@@ -250,7 +250,7 @@ func TestDirPoolVolumes(t *testing.T) {
 	if s, _ := m2.State("p"); s != "running autostart" {
 		t.Fatalf("after restart: %q", s)
 	}
-	if err := m.Remove("p"); !errors.Is(err, errkind.Busy) {
+	if err := m.Remove("p"); !errors.Is(err, kindBusy) {
 		t.Fatalf("remove active: %v", err)
 	}
 	if err := m.DeleteVolume("p", "sec.img"); err != nil {
@@ -262,7 +262,7 @@ func TestDirPoolVolumes(t *testing.T) {
 	if err := m.Control(ctx, "p", "destroy"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.VolumePath("p", "base.img"); !errors.Is(err, errkind.Invalid) {
+	if _, err := m.VolumePath("p", "base.img"); !errors.Is(err, kindInvalid) {
 		t.Fatalf("path in inactive pool: %v", err)
 	}
 	// At the next mount, an autostart pool starts.
@@ -293,7 +293,7 @@ func TestPoolTypesHostSupport(t *testing.T) {
 	m, _ := New(Options{ConfigDir: filepath.Join(dir, "etc"), RunDir: filepath.Join(dir, "run")})
 	m.Create("n")
 	err := m.Define("n", []byte(`<pool type='netfs'><name>n</name><source><host name='h'/><dir path='/e'/></source><target><path>/mnt/n</path></target></pool>`))
-	if !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), "netfs") {
+	if !errors.Is(err, kindInvalid) || !strings.Contains(err.Error(), "netfs") {
 		t.Fatalf("netfs: %v", err)
 	}
 	if c, _ := m.Config("n"); c != nil {
@@ -301,7 +301,7 @@ func TestPoolTypesHostSupport(t *testing.T) {
 	}
 	m.Create("vg")
 	err = m.Define("vg", []byte(`<pool type='logical'><name>vg</name></pool>`))
-	if !errors.Is(err, errkind.Invalid) || !strings.Contains(err.Error(), "logical") {
+	if !errors.Is(err, kindInvalid) || !strings.Contains(err.Error(), "logical") {
 		t.Fatalf("logical: %v", err)
 	}
 }

@@ -118,7 +118,7 @@ func (m *Manager) CreateVolume(pool, vol string) error {
 		return err
 	}
 	if !NameRE.MatchString(vol) {
-		return errkind.Errorf(errkind.Invalid, "volume name %q: use letters, digits and _ . + - (not starting with . + -)", vol)
+		return errkind.Errorf(kindInvalid, "volume name %q: use letters, digits and _ . + - (not starting with . + -)", vol)
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
@@ -127,12 +127,12 @@ func (m *Manager) CreateVolume(pool, vol string) error {
 		return err
 	}
 	if _, err := os.Lstat(volumePath(p, vol)); err == nil {
-		return errkind.Errorf(errkind.Exist, "volume %s/%s exists already", pool, vol)
+		return errkind.Errorf(kindExist, "volume %s/%s exists already", pool, vol)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e.slots[vol] {
-		return errkind.Errorf(errkind.Exist, "volume %s/%s exists already", pool, vol)
+		return errkind.Errorf(kindExist, "volume %s/%s exists already", pool, vol)
 	}
 	e.slots[vol] = true
 	return nil
@@ -159,16 +159,16 @@ func (m *Manager) DeleteVolume(pool, vol string) error {
 		return err
 	}
 	if g := m.user(volumePath(p, vol)); g != "" {
-		return errkind.Errorf(errkind.Busy, "delete volume %s/%s: guest %s is using it", pool, vol, g)
+		return errkind.Errorf(kindBusy, "delete volume %s/%s: guest %s is using it", pool, vol, g)
 	}
 	if err := os.Remove(volumePath(p, vol)); err != nil {
 		if errors.Is(err, os.ErrNotExist) && slot {
 			return nil
 		}
 		if errors.Is(err, os.ErrNotExist) {
-			return errkind.Errorf(errkind.NotFound, "volume %s/%s does not exist", pool, vol)
+			return errkind.Errorf(kindNotFound, "volume %s/%s does not exist", pool, vol)
 		}
-		return errkind.Errorf(errkind.IO, "delete volume %s/%s: %w", pool, vol, err)
+		return errkind.Errorf(kindIO, "delete volume %s/%s: %w", pool, vol, err)
 	}
 	return nil
 }
@@ -185,7 +185,7 @@ func (m *Manager) VolumePath(pool, vol string) (string, error) {
 	}
 	path := volumePath(p, vol)
 	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
-		return "", errkind.Errorf(errkind.NotFound, "volume %s/%s does not exist (or is not created yet: write its config.xml)", pool, vol)
+		return "", errkind.Errorf(kindNotFound, "volume %s/%s does not exist (or is not created yet: write its config.xml)", pool, vol)
 	}
 	return path, nil
 }
@@ -222,11 +222,11 @@ func (m *Manager) VolumeConfig(ctx context.Context, pool, vol string) ([]byte, e
 		if slot {
 			return nil, nil
 		}
-		return nil, errkind.Errorf(errkind.NotFound, "volume %s/%s does not exist", pool, vol)
+		return nil, errkind.Errorf(kindNotFound, "volume %s/%s does not exist", pool, vol)
 	}
 	chain, err := info(ctx, path)
 	if err != nil {
-		return nil, errkind.Errorf(errkind.IO, "volume %s/%s: %w", pool, vol, err)
+		return nil, errkind.Errorf(kindIO, "volume %s/%s: %w", pool, vol, err)
 	}
 	top := chain[0]
 	var alloc uint64
@@ -266,7 +266,7 @@ func (m *Manager) Resolve(ctx context.Context, pool, vol string) (Image, error) 
 	}
 	chain, err := info(ctx, path)
 	if err != nil {
-		return Image{}, errkind.Errorf(errkind.IO, "volume %s/%s: %w", pool, vol, err)
+		return Image{}, errkind.Errorf(kindIO, "volume %s/%s: %w", pool, vol, err)
 	}
 	conv := func(i imageInfo) Image {
 		f := i.Format
@@ -302,10 +302,10 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 	}()
 	v, err := ParseVolume(data)
 	if err != nil {
-		return errkind.Errorf(errkind.Invalid, "create volume %s/%s: %w", pool, vol, err)
+		return errkind.Errorf(kindInvalid, "create volume %s/%s: %w", pool, vol, err)
 	}
 	if v.Name != vol {
-		return errkind.Errorf(errkind.Invalid, "create volume %s/%s: the XML names it %q", pool, vol, v.Name)
+		return errkind.Errorf(kindInvalid, "create volume %s/%s: the XML names it %q", pool, vol, v.Name)
 	}
 	e.op.Lock()
 	defer e.op.Unlock()
@@ -315,22 +315,22 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 	}
 	path := volumePath(p, vol)
 	if _, err := os.Lstat(path); err == nil {
-		return errkind.Errorf(errkind.Exist, "create volume %s/%s: it exists already (rmdir it first)", pool, vol)
+		return errkind.Errorf(kindExist, "create volume %s/%s: it exists already (rmdir it first)", pool, vol)
 	}
 	args := []string{"create", "-q"}
 	var opts []string
 	if v.Encrypted {
 		if m.opts.Secret == nil {
-			return errkind.Errorf(errkind.Invalid, "create volume %s/%s: encryption needs the secret driver", pool, vol)
+			return errkind.Errorf(kindInvalid, "create volume %s/%s: encryption needs the secret driver", pool, vol)
 		}
 		value, err := m.opts.Secret(v.SecretUUID, "volume", v.SecretUsage)
 		if err != nil {
-			return errkind.Errorf(errkind.Invalid, "create volume %s/%s: %w", pool, vol, err)
+			return errkind.Errorf(kindInvalid, "create volume %s/%s: %w", pool, vol, err)
 		}
 		// The passphrase reaches qemu-img in a file, never its argv.
 		f, err := os.CreateTemp(m.opts.RunDir, ".secret-*")
 		if err != nil {
-			return errkind.Errorf(errkind.IO, "create volume %s/%s: %w", pool, vol, err)
+			return errkind.Errorf(kindIO, "create volume %s/%s: %w", pool, vol, err)
 		}
 		defer os.Remove(f.Name())
 		_, werr := f.Write(value)
@@ -338,7 +338,7 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 			werr = cerr
 		}
 		if werr != nil {
-			return errkind.Errorf(errkind.IO, "create volume %s/%s: %w", pool, vol, werr)
+			return errkind.Errorf(kindIO, "create volume %s/%s: %w", pool, vol, werr)
 		}
 		args = append(args, "--object", "secret,id=sec0,format=raw,file="+f.Name())
 		if v.Format == "raw" {
@@ -361,7 +361,7 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 		}
 		chain, err := info(ctx, bp)
 		if err != nil {
-			return errkind.Errorf(errkind.Invalid, "create volume %s/%s: backing store: %w", pool, vol, err)
+			return errkind.Errorf(kindInvalid, "create volume %s/%s: backing store: %w", pool, vol, err)
 		}
 		bf := v.BackingFormat
 		if bf == "" {
@@ -375,7 +375,7 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 	args = append(args, path, fmt.Sprint(v.Capacity))
 	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
 		os.Remove(path)
-		return errkind.Errorf(errkind.Invalid, "create volume %s/%s: qemu-img %s: %s", pool, vol, strings.Join(args, " "), strings.TrimSpace(string(out)))
+		return errkind.Errorf(kindInvalid, "create volume %s/%s: qemu-img %s: %s", pool, vol, strings.Join(args, " "), strings.TrimSpace(string(out)))
 	}
 	mode := os.FileMode(0o600)
 	if v.Mode != 0 {
@@ -383,7 +383,7 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 	}
 	if err := os.Chmod(path, mode); err != nil {
 		os.Remove(path)
-		return errkind.Errorf(errkind.IO, "create volume %s/%s: %w", pool, vol, err)
+		return errkind.Errorf(kindIO, "create volume %s/%s: %w", pool, vol, err)
 	}
 	m.mu.Lock()
 	delete(e.slots, vol)
