@@ -148,6 +148,11 @@ func TestStorage(t *testing.T) {
 	if !strings.Contains(live, "<source file=\""+images+"/top.qcow2\"") && !strings.Contains(live, "<source file='"+images+"/top.qcow2'") {
 		t.Errorf("live.xml does not show the resolved volume:\n%s", live)
 	}
+	// The argv file previews the same: the volume's file, the secret
+	// objects, no passphrase.
+	if argv := m.Read("g", "argv"); !strings.Contains(argv, images+"/top.qcow2") || !strings.Contains(argv, "masterKey0") || strings.Contains(argv, passphrase) {
+		t.Errorf("argv file: %s", argv)
+	}
 	// The passphrase is not on QEMU's command line.
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", m.Pid("g")))
 	if strings.Contains(string(cmdline), passphrase) || !strings.Contains(string(cmdline), "masterKey0") {
