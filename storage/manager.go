@@ -554,6 +554,9 @@ func hostSupports(p *Pool) error {
 		if !have("lvcreate") || !have("vgs") {
 			return errors.New("pool type 'logical' needs LVM2: lvcreate and vgs are not installed (lvm2)")
 		}
+		if data, _ := os.ReadFile("/proc/devices"); !strings.Contains(string(data), "device-mapper") {
+			return errors.New("pool type 'logical' needs device-mapper in the kernel (no device-mapper in /proc/devices)")
+		}
 		return errors.New("pool type 'logical' is not implemented by qemufs yet, although this host has LVM2")
 	}
 	return nil
