@@ -143,6 +143,22 @@ func TestResolveVolumes(t *testing.T) {
 	if !strings.Contains(s, `"driver":"qcow2","file":"libvirt-3-storage","backing":"libvirt-2-format"`) || !strings.Contains(s, `"driver":"raw","file":"libvirt-1-storage"}`) {
 		t.Fatalf("argv:\n%s", s)
 	}
+	// An encrypted volume needs the disk's <encryption>.
+	d3 := diskDomain(t, `<disk type='volume'><source pool='p' volume='v'/><target dev='vda' bus='virtio'/></disk>`)
+	if err := d3.ResolveVolumes(func(VolumeRef) (VolumeImage, error) {
+		return VolumeImage{Path: "/l", Format: "raw", Encrypted: true}, nil
+	}); err == nil || !strings.Contains(err.Error(), "<encryption format='luks'>") {
+		t.Fatalf("encrypted volume without <encryption>: %v", err)
+	}
+	d4 := diskDomain(t, `<disk type='volume'><source pool='p' volume='v'><encryption format='luks'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></source><target dev='vda' bus='virtio'/></disk>`)
+	if err := d4.ResolveVolumes(func(VolumeRef) (VolumeImage, error) {
+		return VolumeImage{Path: "/l", Format: "raw", Encrypted: true}, nil
+	}); err != nil {
+		t.Fatalf("encrypted volume with <encryption>: %v", err)
+	}
+	if !strings.Contains(string(d4.XML()), "<source file='/l'>") {
+		t.Fatalf("resolved encrypted volume:\n%s", d4.XML())
+	}
 	// A resolver failure names the disk.
 	d2 := diskDomain(t, `<disk type='volume'><source pool='p' volume='v'/><target dev='vda' bus='virtio'/></disk>`)
 	if err := d2.ResolveVolumes(func(VolumeRef) (VolumeImage, error) { return VolumeImage{}, errors.New("pool p is not active") }); err == nil || !strings.Contains(err.Error(), "disk vda: pool p") {

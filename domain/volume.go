@@ -15,6 +15,8 @@ type VolumeImage struct {
 	Path   string
 	Format string
 	Block  bool
+	// Encrypted images need the disk's <encryption>.
+	Encrypted bool
 	// Backing is the backing chain below the image, nearest first.
 	Backing []VolumeImage
 }
@@ -50,6 +52,9 @@ func (d *Domain) ResolveVolumes(resolve func(VolumeRef) (VolumeImage, error)) er
 		img, err := resolve(ref)
 		if err != nil {
 			return fmt.Errorf("disk %s: %w", ref.Target, err)
+		}
+		if img.Encrypted && diskEncryption(e, e) == nil {
+			return errAt(e, "disk %s: volume %s/%s is encrypted (LUKS): the disk needs <encryption format='luks'><secret type='passphrase' uuid='...'/></encryption>", ref.Target, ref.Pool, ref.Volume)
 		}
 		typ, key := "file", "file"
 		if img.Block {

@@ -37,7 +37,7 @@ func (d *Driver) resolveVolumes(ctx context.Context, r *run) error {
 }
 
 func volumeImage(img storage.Image) domain.VolumeImage {
-	out := domain.VolumeImage{Path: img.Path, Format: img.Format, Block: img.Block}
+	out := domain.VolumeImage{Path: img.Path, Format: img.Format, Block: img.Block, Encrypted: img.Encrypted}
 	for _, b := range img.Backing {
 		out.Backing = append(out.Backing, volumeImage(b))
 	}

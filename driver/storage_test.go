@@ -110,6 +110,23 @@ func TestVolumeAndLUKSDisks(t *testing.T) {
 		t.Error("the master key outlives the run")
 	}
 
+	// A LUKS volume as a volume disk: with its <encryption> it starts,
+	// without it the start says what is missing.
+	lv := func(name, enc string) string {
+		return `<domain type='qemu'><name>` + name + `</name><memory unit='MiB'>64</memory>
+<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>
+<disk type='volume' device='disk'><source pool='p' volume='luks.img'>` + enc + `</source><target dev='vda' bus='virtio'/></disk>
+<serial type='pty'/></devices></domain>`
+	}
+	must(d.Create("lv"))
+	must(d.Define("lv", []byte(lv("lv", `<encryption format='luks'><secret type='passphrase' uuid='`+u+`'/></encryption>`))))
+	must(d.Control(ctx, "lv", "start --paused"))
+	must(d.Control(ctx, "lv", "destroy"))
+	must(d.Create("lvn"))
+	must(d.Define("lvn", []byte(lv("lvn", ""))))
+	if err := d.Control(ctx, "lvn", "start"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "is encrypted") {
+		t.Errorf("LUKS volume without <encryption>: %v", err)
+	}
 	for _, c := range []struct{ name, vol, secret, want string }{
 		{"nov", "nosuch.img", u, "nosuch.img"},
 		{"nos", "top.qcow2", "0b0b0b0b-1111-2222-3333-444444444444", "0b0b0b0b-1111-2222-3333-444444444444 is not defined"},

@@ -20,10 +20,12 @@ import (
 // format QEMU opens it with (raw for a LUKS image, whose encryption the
 // disk's <encryption> names), and its backing chain, nearest first.
 type Image struct {
-	Path    string
-	Format  string
-	Block   bool
-	Backing []Image
+	Path   string
+	Format string
+	Block  bool
+	// Encrypted: a LUKS image, or LUKS inside qcow2.
+	Encrypted bool
+	Backing   []Image
 }
 
 // imageInfo is what qemu-img info says of one image of a chain.
@@ -273,7 +275,7 @@ func (m *Manager) Resolve(ctx context.Context, pool, vol string) (Image, error) 
 		if f == "luks" {
 			f = "raw"
 		}
-		return Image{Path: i.Filename, Format: f}
+		return Image{Path: i.Filename, Format: f, Encrypted: i.Encrypted || i.Format == "luks"}
 	}
 	img := conv(chain[0])
 	img.Path = path
