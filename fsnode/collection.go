@@ -128,3 +128,10 @@ func (r *Root) addCollection(ctx context.Context, parent *fs.Inode, name string,
 	ch := parent.NewPersistentInode(ctx, &collectionDir{root: r, items: items, files: files}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	parent.AddChild(name, ch, true)
 }
+
+// configFile is the handle of an object's config.xml: reads see cur, a
+// whole written document goes to define. (The one place that names the
+// handle type, for all the object trees.)
+func configFile(define func([]byte) error, cur []byte) fs.FileHandle {
+	return &configHandle{define: define, snapshot: cur}
+}

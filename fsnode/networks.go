@@ -16,7 +16,7 @@ func (r *Root) networkFiles(ctx context.Context, dir *fs.Inode, name string) {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &configHandle{define: func(b []byte) error { return m.Define(name, b) }, snapshot: cur}, fuse.FOPEN_DIRECT_IO, nil
+		return configFile(func(b []byte) error { return m.Define(name, b) }, cur), fuse.FOPEN_DIRECT_IO, nil
 	})
 	r.addFile(ctx, dir, "ctl", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 		return &commandHandle{run: func(ctx context.Context, line string) error { return m.Control(ctx, name, line) }},

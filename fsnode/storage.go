@@ -20,7 +20,7 @@ func (r *Root) poolFiles(ctx context.Context, dir *fs.Inode, name string) {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &configHandle{define: func(b []byte) error { return m.Define(name, b) }, snapshot: cur}, fuse.FOPEN_DIRECT_IO, nil
+		return configFile(func(b []byte) error { return m.Define(name, b) }, cur), fuse.FOPEN_DIRECT_IO, nil
 	})
 	r.addFile(ctx, dir, "ctl", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 		return &commandHandle{run: func(ctx context.Context, line string) error { return m.Control(ctx, name, line) }},
@@ -53,7 +53,7 @@ func (r *Root) volumeFiles(ctx context.Context, dir *fs.Inode, pool, vol string)
 		if err != nil {
 			return nil, 0, err
 		}
-		return &configHandle{define: func(b []byte) error { return m.DefineVolume(context.Background(), pool, vol, b) }, snapshot: cur}, fuse.FOPEN_DIRECT_IO, nil
+		return configFile(func(b []byte) error { return m.DefineVolume(context.Background(), pool, vol, b) }, cur), fuse.FOPEN_DIRECT_IO, nil
 	})
 	r.addFile(ctx, dir, "path", 0o444, snapshot(func(context.Context) ([]byte, error) { return line(m.VolumePath(pool, vol)) }))
 	r.addFile(ctx, dir, "error", 0o444, snapshot(func(context.Context) ([]byte, error) { return line(m.VolumeError(pool, vol), nil) }))
@@ -68,7 +68,7 @@ func (r *Root) secretFiles(ctx context.Context, dir *fs.Inode, name string) {
 		if err != nil {
 			return nil, 0, err
 		}
-		return &configHandle{define: func(b []byte) error { return m.Define(name, b) }, snapshot: cur}, fuse.FOPEN_DIRECT_IO, nil
+		return configFile(func(b []byte) error { return m.Define(name, b) }, cur), fuse.FOPEN_DIRECT_IO, nil
 	})
 	// value: written whole (set at close); read back only when the
 	// secret is not private (EACCES, the reason in error, otherwise).
