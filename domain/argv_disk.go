@@ -142,7 +142,7 @@ func (b *builder) storageNode(disk, src *etree.Element, typ string, node string,
 			return nil, errAt(src, "%v", err)
 		}
 	case "volume":
-		return nil, unsupportedAt(disk, "disks of type 'volume' need a storage pool, which qemufs does not provide (use type='file' or 'block')")
+		return nil, unsupportedAt(disk, "disk of type 'volume' (pool %q, volume %q) was not resolved to its image: the driver does that at start from its storage pools", attr(src, "pool"), attr(src, "volume"))
 	case "nvme":
 		a := child(src, "address")
 		o = obj("driver", "nvme", "device", fmt.Sprintf("%04x:%02x:%02x.%x", mustUint(attr(a, "domain")), mustUint(attr(a, "bus")),
@@ -333,7 +333,6 @@ func (b *builder) disk(disk *etree.Element) error {
 			if err != nil {
 				return err
 			}
-			b.add("-blockdev", st.String())
 			format := l.fmt
 			if format == "" || format == "aio" {
 				format = "raw"
@@ -343,6 +342,21 @@ func (b *builder) disk(disk *etree.Element) error {
 			}
 			if format == "iso" {
 				format = "raw"
+			}
+			var top *etree.Element
+			if i == 0 {
+				top = disk
+			}
+			var encrypt jobj
+			if enc := diskEncryption(l.e, top); enc != nil {
+				luks, e, err := b.encryptionSecret(enc, format, nodes[i].format+"-encryption-secret0", diskSource(l.e))
+				if err != nil {
+					return err
+				}
+				if luks {
+					format = "luks"
+				}
+				encrypt = e
 			}
 			f := obj("node-name", nodes[i].format, "read-only", ro)
 			if i == 0 {
@@ -361,12 +375,19 @@ func (b *builder) disk(disk *etree.Element) error {
 			if direct, noFlush, _, ok := cacheFlags(attr(dr, "cache")); ok {
 				f.add("cache", obj("direct", direct, "no-flush", noFlush))
 			}
+			// The secret object (if any) comes before the image's nodes.
+			b.add("-blockdev", st.String())
 			f.add("driver", format)
 			if n, ok := metadataCacheBytes(l.e, i == 0); ok {
 				if format != "qcow2" {
 					return errAt(l.e, "<metadata_cache> is only for qcow2 images (this one is %s)", format)
 				}
 				f.add("cache-size", n)
+			}
+			if format == "luks" {
+				f.add("key-secret", nodes[i].format+"-encryption-secret0")
+			} else if encrypt != nil {
+				f.add("encrypt", encrypt)
 			}
 			f.add("file", nodes[i].storage)
 			if i < len(layers)-1 {

@@ -67,6 +67,14 @@ type CommandOptions struct {
 	// it made), by the interface's alias (net0, ...). An interface of type
 	// network or bridge without one cannot be built.
 	NetAttach map[string]NetAttachment
+	// Secret looks up the secrets that encrypted disks name; MasterKey
+	// (32 bytes) encrypts them for QEMU, which reads it from
+	// MasterKeyFile (a file of the run, 0600, QEMU's). SecretIV, when
+	// set, gives the IVs instead of random ones (tests).
+	Secret        SecretLookup
+	MasterKey     []byte
+	MasterKeyFile string
+	SecretIV      func() []byte
 }
 
 // NetAttachment is the host side of one guest interface, made by the
@@ -405,7 +413,7 @@ func (b *builder) env() []string {
 func (b *builder) general() error {
 	b.add("-name", "guest="+kvEscape(b.d.Name())+",debug-threads=on")
 	b.add("-S")
-	return nil
+	return b.masterKey()
 }
 
 // tail adds qemu:commandline arguments and the final options.

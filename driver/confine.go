@@ -162,6 +162,7 @@ func (d *Driver) securityGuest(r *run) (*security.Guest, error) {
 	if len(live.TPMEmulators()) > 0 {
 		g.Connects = append(g.Connects, d.tpmFiles(r.dm.name).Socket)
 	}
+	g.Reads = append(g.Reads, masterKeyReads(r)...)
 	g.Tune = cgroupLimits(live.Tuning())
 	return g, nil
 }

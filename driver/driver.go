@@ -21,7 +21,9 @@ import (
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/instance"
 	"github.com/qemufs/qemufs/network"
+	"github.com/qemufs/qemufs/secrets"
 	"github.com/qemufs/qemufs/security"
+	"github.com/qemufs/qemufs/storage"
 	"github.com/qemufs/qemufs/stream"
 )
 
@@ -38,6 +40,12 @@ type Options struct {
 	// type='network' interfaces; nil: none (user-mode networking for them
 	// when unprivileged).
 	Networks *network.Manager
+	// Pools is the instance's storage driver, which resolves
+	// <disk type='volume'> at start; nil: such disks are refused.
+	Pools *storage.Manager
+	// Secrets is the instance's secret driver, which gives encrypted
+	// disks their passphrases; nil: such disks are refused.
+	Secrets *secrets.Manager
 	// Logger receives the daemon's own messages; nil discards them.
 	Logger *log.Logger
 	// Version is qemufs's version, written to each guest's log.
@@ -58,6 +66,8 @@ type Driver struct {
 	caps   *capabilities.Capabilities
 	sec    *security.Stack
 	nets   *network.Manager
+	pools  *storage.Manager
+	secs   *secrets.Manager
 	leases LeaseSource // DHCP leases for `interfaces`; the network driver's
 	logf   func(format string, args ...any)
 	ports  *portAllocator
@@ -106,6 +116,7 @@ func New(opts Options) (*Driver, error) {
 		nets: opts.Networks,
 		doms: map[string]*dom{},
 	}
+	d.pools, d.secs = opts.Pools, opts.Secrets
 	if d.caps == nil {
 		d.caps = &capabilities.Capabilities{}
 	}

@@ -334,6 +334,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	defer qmpFile.Close()
 	undo = append(undo, func() { os.Remove(f.QMP) })
 
+	if err := d.resolveVolumes(ctx, r); err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
 	if err := d.prepareHost(r); err != nil {
 		return errorf(ErrInvalid, "start %s: %w", name, err)
 	}
@@ -369,6 +372,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	undo = append(undo, r.stopPassts)
 	copts := commandOptions(d, r, emu, 3)
 	copts.NetAttach = nets.attach
+	if err := d.prepareSecrets(r, &copts); err != nil {
+		return err
+	}
 	if o.incoming != nil {
 		copts.Incoming = "defer" // restore: loadIncoming feeds the state
 	}

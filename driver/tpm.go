@@ -90,9 +90,6 @@ func emulatedTPM(def *domain.Domain) (*domain.TPMEmulator, error) {
 		return nil, fmt.Errorf("TPM: only one emulated TPM per domain is supported, the definition has %d", len(tpms))
 	}
 	t := tpms[0]
-	if t.EncryptionSecret != "" {
-		return nil, fmt.Errorf("TPM %s: an encrypted TPM state (<encryption secret='%s'/>) is not supported yet", t.Alias, t.EncryptionSecret)
-	}
 	if def.UUID() == "" {
 		return nil, fmt.Errorf("TPM %s: the domain needs a uuid to name its TPM state", t.Alias)
 	}
@@ -192,6 +189,15 @@ func (d *Driver) startTPM(ctx context.Context, r *run, spec *procmgr.Spec) (err 
 			LogPath:    files.Log,
 			Credential: cred,
 		}
+		keyArgs, key, err := d.tpmKey(t, 3, true)
+		if err != nil {
+			return errorf(ErrInvalid, "start %s: %w", name, err)
+		}
+		if key != nil {
+			setupSpec.Args = append(setupSpec.Args, keyArgs...)
+			setupSpec.ExtraFiles = []*os.File{key}
+			defer key.Close()
+		}
 		p, err := procmgr.Start(ctx, setupSpec)
 		if err != nil {
 			return fail("swtpm_setup: %v", err)
@@ -236,18 +242,27 @@ func (d *Driver) startTPM(ctx context.Context, r *run, spec *procmgr.Spec) (err 
 		}
 	}
 
-	d.appendLog(files.Log, "starting swtpm for %s: %s %s", name, swtpm, strings.Join(tpmArgs(t, stateDir), " "))
+	args, extra := tpmArgs(t, stateDir), []*os.File{sock}
+	keyArgs, key, err := d.tpmKey(t, 4, false)
+	if err != nil {
+		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
+	if key != nil {
+		args, extra = append(args, keyArgs...), append(extra, key)
+		defer key.Close()
+	}
+	d.appendLog(files.Log, "starting swtpm for %s: %s %s", name, swtpm, strings.Join(args, " "))
 	p, err := procmgr.Start(ctx, procmgr.Spec{
 		Name:        name + " swtpm",
 		Path:        swtpm,
-		Args:        tpmArgs(t, stateDir),
+		Args:        args,
 		Env:         env,
 		Dir:         "/",
 		LogPath:     files.Log,
 		PidPath:     files.PidFile,
 		Credential:  cred,
 		CgroupProcs: spec.CgroupProcs,
-		ExtraFiles:  []*os.File{sock},
+		ExtraFiles:  extra,
 	})
 	if err != nil {
 		return fail("swtpm: %v%s", err, logTail(files.Log))

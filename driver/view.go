@@ -77,8 +77,12 @@ func (d *Driver) NativeArgv(def *domain.Domain, name string) ([]byte, error) {
 	if port, auto := vncAutoport(r.live); !auto {
 		r.vncPort = port
 	}
+	if err := d.resolveVolumes(context.Background(), r); err != nil {
+		return nil, errorf(ErrInvalid, "argv %s: %w", name, err)
+	}
 	copts := commandOptions(d, r, emu, 0)
 	copts.NetAttach = d.previewNetAttach(r.live, 4)
+	d.previewSecrets(r, &copts)
 	cmd, err := domain.BuildCommand(r.live, copts)
 	if err != nil {
 		return nil, errorf(ErrInvalid, "argv %s: %w", name, err)

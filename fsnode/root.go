@@ -18,6 +18,8 @@ import (
 	"github.com/qemufs/qemufs/capabilities"
 	"github.com/qemufs/qemufs/driver"
 	"github.com/qemufs/qemufs/network"
+	"github.com/qemufs/qemufs/secrets"
+	"github.com/qemufs/qemufs/storage"
 )
 
 // Config is what the tree shows and who may use it.
@@ -29,6 +31,10 @@ type Config struct {
 	Version string
 	// Networks backs networks/; nil: no such directory.
 	Networks *network.Manager
+	// Pools backs pools/; nil: no such directory.
+	Pools *storage.Manager
+	// Secrets backs secrets/; nil: no such directory.
+	Secrets *secrets.Manager
 	// FromNative converts a QEMU command line to domain XML.
 	FromNative func(args string) ([]byte, error)
 	Access     Access
@@ -73,8 +79,13 @@ func (r *Root) OnAdd(ctx context.Context) {
 	r.addFile(ctx, &r.Inode, "version", 0o444, snapshot(func(context.Context) ([]byte, error) { return []byte(r.cfg.Version), nil }))
 	r.addFile(ctx, &r.Inode, "from-native", 0o666, r.openFromNative)
 	if r.cfg.Networks != nil {
-		nd := r.NewPersistentInode(ctx, &networksDir{root: r, nets: r.cfg.Networks}, fs.StableAttr{Mode: syscall.S_IFDIR})
-		r.AddChild("networks", nd, true)
+		r.addCollection(ctx, &r.Inode, "networks", r.cfg.Networks, r.networkFiles)
+	}
+	if r.cfg.Pools != nil {
+		r.addCollection(ctx, &r.Inode, "pools", r.cfg.Pools, r.poolFiles)
+	}
+	if r.cfg.Secrets != nil {
+		r.addCollection(ctx, &r.Inode, "secrets", r.cfg.Secrets, r.secretFiles)
 	}
 	dc := r.NewPersistentInode(ctx, &dirNode{root: r, perm: 0o555}, fs.StableAttr{Mode: syscall.S_IFDIR})
 	r.AddChild("domcapabilities", dc, true)

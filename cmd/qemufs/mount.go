@@ -25,7 +25,9 @@ import (
 	"github.com/qemufs/qemufs/instance"
 	"github.com/qemufs/qemufs/network"
 	"github.com/qemufs/qemufs/procmgr"
+	"github.com/qemufs/qemufs/secrets"
 	"github.com/qemufs/qemufs/security"
+	"github.com/qemufs/qemufs/storage"
 )
 
 // notifyEnv names the fd a --daemon parent waits on: the daemon writes
@@ -249,13 +251,31 @@ func serve(o mountOptions, notify func(string)) error {
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)
 	}
-	drv, err := driver.New(driver.Options{
-		Instance: inst, Config: conf, Caps: caps, Security: stack,
-		Networks: nets, Logger: logger, Version: version,
+	secretDrv, err := secrets.New(secrets.Options{
+		ConfigDir: filepath.Join(inst.ConfigDir, "secrets"),
+		// Beside QEMU's lib directory, not in it: QEMU's user owns that.
+		KeyFile: filepath.Join(filepath.Dir(inst.LibDir), "secrets", "secrets-encryption-key"),
 	})
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)
 	}
+	pools, err := storage.New(storage.Options{
+		ConfigDir: filepath.Join(inst.ConfigDir, "storage"),
+		RunDir:    filepath.Join(inst.RunDir, "storage"),
+		Secret:    secretDrv.Lookup,
+		Logger:    logger,
+	})
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	drv, err := driver.New(driver.Options{
+		Instance: inst, Config: conf, Caps: caps, Security: stack,
+		Networks: nets, Pools: pools, Secrets: secretDrv, Logger: logger, Version: version,
+	})
+	if err != nil {
+		return fmt.Errorf("mount: %w", err)
+	}
+	pools.SetInUse(drv.DiskUser)
 	access, err := accessFor(inst, conf)
 	if err != nil {
 		drv.Close()
@@ -264,6 +284,8 @@ func serve(o mountOptions, notify func(string)) error {
 	srv, err := fsnode.Mount(o.mountpoint, &fsnode.Config{
 		Driver:     drv,
 		Networks:   nets,
+		Pools:      pools,
+		Secrets:    secretDrv,
 		Caps:       caps,
 		Version:    versionText(caps),
 		FromNative: fromNative,
@@ -274,6 +296,7 @@ func serve(o mountOptions, notify func(string)) error {
 		return err
 	}
 	nets.Autostart(ctx)
+	pools.Autostart(ctx)
 	drv.Autostart(ctx)
 	logger.Printf("%s mounted at %s (pid %d)", inst, o.mountpoint, os.Getpid())
 	notify("READY")

@@ -172,8 +172,8 @@ func modelCheck(c corpusCase) (out outcome, d *domain.Domain) {
 		return outcome{c: c, stage: "idempotent", detail: "Expand(Expand(x)) != Expand(x)\n" + diff(once, d2.XML())}, nil
 	}
 	// libvirt's test suite runs with spice_tls=1 in qemu.conf; so do we.
-	cmd, err := domain.BuildCommand(d, domain.CommandOptions{QMPSocket: "/run/q.qmp", DomainDir: "/run/d",
-		SpiceTLSDir: "/etc/pki/libvirt-spice"})
+	cmd, err := domain.BuildCommand(d, withTestSecrets(domain.CommandOptions{QMPSocket: "/run/q.qmp", DomainDir: "/run/d",
+		SpiceTLSDir: "/etc/pki/libvirt-spice"}, libvirtMasterKeyFile(d)))
 	if err != nil {
 		var de *domain.Error
 		if !errors.As(err, &de) {

@@ -1,0 +1,13 @@
+package storage
+
+import "github.com/qemufs/qemufs/internal/errkind"
+
+// The kinds of failure this package returns (see internal/errkind); in
+// one place so that a rename there is one edit here.
+var (
+	kindInvalid  = errkind.ErrInvalid
+	kindBusy     = errkind.ErrBusy
+	kindNotFound = errkind.ErrNotFound
+	kindExist    = errkind.ErrExist
+	kindIO       = errkind.ErrIO
+)
