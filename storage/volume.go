@@ -375,7 +375,7 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 		args = append(args, "-o", strings.Join(opts, ","))
 	}
 	args = append(args, path, fmt.Sprint(v.Capacity))
-	if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
+	if out, err := qemuImgCreate(ctx, args); err != nil {
 		os.Remove(path)
 		return errkind.Errorf(kindInvalid, "create volume %s/%s: qemu-img %s: %s", pool, vol, strings.Join(args, " "), strings.TrimSpace(string(out)))
 	}
@@ -391,4 +391,17 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 	delete(e.slots, vol)
 	m.mu.Unlock()
 	return nil
+}
+
+// qemuImgCreate runs qemu-img create. QEMU times PBKDF2 for a LUKS key
+// slot with the thread's CPU clock and gives up with "Unable to get
+// accurate CPU usage" when a measurement comes back empty, which happens
+// on a busy machine: that one failure is retried, a few times.
+func qemuImgCreate(ctx context.Context, args []string) ([]byte, error) {
+	for try := 0; ; try++ {
+		out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput()
+		if err == nil || try == 4 || !strings.Contains(string(out), "Unable to get accurate CPU usage") {
+			return out, err
+		}
+	}
 }

@@ -67,7 +67,15 @@ func (p *preparer) encryptedImage(format string) (string, error) {
 	} else {
 		args[len(args)-3] += ",encrypt.iter-time=10"
 	}
-	out, err := exec.Command("qemu-img", args...).CombinedOutput()
+	var out []byte
+	var err error
+	// QEMU times the key derivation with the thread's CPU clock and gives
+	// up when a measurement is empty, as on a busy machine: retry that.
+	for try := 0; try < 5; try++ {
+		if out, err = exec.Command("qemu-img", args...).CombinedOutput(); err == nil || !strings.Contains(string(out), "Unable to get accurate CPU usage") {
+			break
+		}
+	}
 	if err != nil {
 		return "", fmt.Errorf("qemu-img %s: %v: %s", strings.Join(args, " "), err, out)
 	}
