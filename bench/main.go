@@ -189,7 +189,7 @@ func run(env *benchEnv, vp **virsh) error {
 		{"hotplug", "8 attach a disk to a running guest", func() error { return benchHotplug(env, m) }},
 		{"mount", "6 mount time", func() error { return benchMount(env) }},
 		{"scale", "4 scale", func() error { return benchScale(env) }},
-		{"save", "8 managed save + restore", func() error { return benchSave(env, m) }},
+		{"save", "9 managed save + restore", func() error { return benchSave(env, m) }},
 	}
 	for _, s := range steps {
 		if env.only != nil && !env.only[s.key] {
