@@ -33,6 +33,9 @@ type StartOptions struct {
 	running bool
 	// incoming, when set, is the saved state to load instead of booting.
 	incoming *incoming
+	// migrating, when set, is an incoming migration to wait for instead
+	// of booting (migrate.go).
+	migrating *incomingMigration
 }
 
 // ctlCommand is one ctl command: its usage line (for messages and docs)
@@ -325,8 +328,8 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	defer nets.close()
 	copts := commandOptions(d, r, emu, 3)
 	copts.NetAttach = nets.attach
-	if o.incoming != nil {
-		copts.Incoming = "defer" // restore: loadIncoming feeds the state
+	if o.incoming != nil || o.migrating != nil {
+		copts.Incoming = "defer" // restore: loadIncoming feeds the state; migration: listenIncoming
 	}
 	cmd, err := domain.BuildCommand(r.live, copts)
 	if err != nil {
@@ -388,11 +391,18 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		}
 		booted = ReasonRestored
 	}
+	pausedReason := ReasonUser
+	if o.migrating != nil {
+		if err := d.listenIncoming(ctx, r, o.migrating); err != nil {
+			return err
+		}
+		booted, pausedReason = ReasonMigrated, ReasonMigrating
+	}
 
 	dm.mu.Lock()
 	dm.run = r
 	if o.Paused {
-		dm.state, dm.reason = StatePaused, ReasonUser
+		dm.state, dm.reason = StatePaused, pausedReason
 	} else {
 		dm.state, dm.reason = StateRunning, booted
 	}
@@ -412,7 +422,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	}
 	dm.publish(EventStarted, booted)
 	if o.Paused {
-		dm.publish(EventPaused, ReasonUser)
+		dm.publish(EventPaused, pausedReason)
 	}
 	d.wg.Add(1)
 	go r.supervise()

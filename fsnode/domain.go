@@ -60,6 +60,10 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		return uint64(fi.Size())
 	})
 	add(in, "console", 0o660, dd.openConsole, nil)
+	add(in, "migration", 0o444, snapshot(func(context.Context) ([]byte, error) { return d.MigrationInfo(name) }), nil)
+	add(in, "incoming.xml", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
+		return &configHandle{define: func(b []byte) error { return d.PrepareIncoming(name, b) }}, fuse.FOPEN_DIRECT_IO, nil
+	}, nil)
 	add(in, "screen.png", 0o440, snapshot(func(ctx context.Context) ([]byte, error) {
 		// Go's SIGURG or a shell's SIGCHLD must not fail the screendump.
 		ctx, cancel := userInterrupts(ctx)
