@@ -118,6 +118,10 @@ func parseMigrateArgs(args []string) (migrateOptions, error) {
 		return o, errorf(ErrInvalid, "migrate: --live and --offline exclude each other")
 	case o.offline && (o.postcopy || o.compressed || o.copyStorage || o.bandwidth > 0 || o.uri != ""):
 		return o, errorf(ErrInvalid, "migrate: --offline moves only the definition; --uri, --bandwidth, --compressed, --postcopy and --copy-storage-all need a live migration")
+	case o.offline && !o.persistent:
+		return o, errorf(ErrInvalid, "migrate: --offline needs --persistent (it moves the persistent definition only)")
+	case o.copyStorage:
+		return o, errorf(ErrInvalid, "migrate: --copy-storage-all is not supported yet; the disks must be shared storage reachable at the same paths from the destination")
 	case o.postcopy && !o.live:
 		return o, errorf(ErrInvalid, "migrate: --postcopy needs --live")
 	}
@@ -241,10 +245,10 @@ type migrateStats struct {
 		PageSize       int64   `json:"page-size"`
 	} `json:"ram"`
 	XBZRLE *struct {
-		Bytes      int64 `json:"bytes"`
-		CacheMiss  int64 `json:"cache-miss"`
-		Overflow   int64 `json:"overflow"`
-		CacheSize  int64 `json:"cache-size"`
+		Bytes      int64   `json:"bytes"`
+		CacheMiss  int64   `json:"cache-miss"`
+		Overflow   int64   `json:"overflow"`
+		CacheSize  int64   `json:"cache-size"`
 		EncodedRat float64 `json:"encoding-rate"`
 	} `json:"xbzrle-cache"`
 	SocketAddress []struct {

@@ -270,4 +270,3 @@ func missingFeatures(src, dst map[string]bool) []string {
 	sort.Strings(out)
 	return out
 }
-

@@ -171,7 +171,23 @@ func TestMigrateRefused(t *testing.T) {
 	if st := src.State("g"); st != "running (booted)" {
 		t.Errorf("source state after the refused commands: %q", st)
 	}
+	if err := src.Ctl("g", "migrate "+dst.Dir+" --offline"); err == nil {
+		t.Errorf("an offline migration of a running guest without --persistent succeeded")
+	}
 	src.MustCtl("g", "destroy")
+
+	// Offline: only the definition moves (the destination does not check
+	// disks for a definition, as libvirt's offline migration does not).
+	src.MustCtl("g", "migrate "+dst.Dir+" --offline --persistent --undefinesource")
+	if st := dst.State("g"); st != "shut off (unknown)" {
+		t.Errorf("destination after the offline migration: %q", st)
+	}
+	if x := dst.Read("g", "config.xml"); !strings.Contains(x, disk) {
+		t.Errorf("destination definition after the offline migration:\n%s", x)
+	}
+	if st := src.State("g"); st != "undefined" {
+		t.Errorf("source after --offline --undefinesource: %q", st)
+	}
 }
 
 // TestMigrateFailures: the network is cut in the middle of a throttled
@@ -237,6 +253,8 @@ func TestMigrateFailures(t *testing.T) {
 	}
 	if msg := src.ErrorOf("g"); !strings.Contains(msg, "network") || !strings.Contains(msg, "keeps running here") {
 		t.Errorf("error after the cut: %q", msg)
+	} else {
+		t.Logf("error after the cut: %s", msg)
 	}
 	if err := b.LinkUp(); err != nil {
 		t.Fatal(err)
@@ -259,6 +277,8 @@ func TestMigrateFailures(t *testing.T) {
 	}
 	if msg := src.ErrorOf("g"); !strings.Contains(msg, "keeps running here") {
 		t.Errorf("error after the destination died: %q", msg)
+	} else {
+		t.Logf("error after the destination died: %s", msg)
 	}
 	alive("destination killed")
 
