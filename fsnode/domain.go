@@ -134,8 +134,11 @@ func (dd *domainDir) openConfig(ctx context.Context, flags uint32) (fs.FileHandl
 
 func (dd *domainDir) openCtl(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 	d, name := dd.root.cfg.Driver, dd.name
+	// Seekable (though offsets are ignored): OpenSSH's sftp-server seeks
+	// before every write, so a tree used over sshfs needs lseek to work
+	// (docs/remote.md).
 	return &commandHandle{run: func(ctx context.Context, line string) error { return d.Control(ctx, name, line) }},
-		fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil
+		fuse.FOPEN_DIRECT_IO, nil
 }
 
 func (dd *domainDir) openLog(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
