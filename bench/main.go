@@ -56,7 +56,7 @@ func main() {
 		quick    = flag.Bool("quick", false, "a short run: few repetitions, 200 domains, 10 guests")
 		noVirsh  = flag.Bool("no-libvirt", false, "skip the libvirt comparison")
 		keepBase = flag.Bool("keep", false, "keep the bench's directory (logs) instead of removing it")
-		only     = flag.String("only", "", "comma-separated sections to run (start,cycle,boot,fuse,mount,scale); all when empty")
+		only     = flag.String("only", "", "comma-separated sections to run (start,cycle,boot,fuse,mount,scale,migrate); all when empty")
 	)
 	flag.Parse()
 	env := &benchEnv{n: *n, nBoot: *nBoot, nMount: *nMount, rounds: *rounds, skipLibvirt: *noVirsh, rep: &report{}}
@@ -188,6 +188,7 @@ func run(env *benchEnv, vp **virsh) error {
 		{"fuse", "5 FUSE costs", func() error { return benchFUSE(env, m) }},
 		{"mount", "6 mount time", func() error { return benchMount(env) }},
 		{"scale", "4 scale", func() error { return benchScale(env) }},
+		{"migrate", "8 live migration", func() error { return benchMigrate(env, m) }},
 	}
 	for _, s := range steps {
 		if env.only != nil && !env.only[s.key] {

@@ -29,7 +29,7 @@ const (
 	// a cut network never fails a TCP send quickly by itself.
 	migrateStallTimeout = 30 * time.Second
 	// migratePoll is how often the source looks at query-migrate.
-	migratePoll = 100 * time.Millisecond
+	migratePoll = 20 * time.Millisecond
 	// migrateDestCheck is how often the source looks at the destination's
 	// state during a migration (a destination QEMU that died).
 	migrateDestCheck = 2 * time.Second
@@ -202,9 +202,36 @@ type migrationJob struct {
 	stats    migrateStats
 	err      string
 
+	// phaseTimes records how long each of qemufs's steps took, in order.
+	phaseTimes []phaseTime
+
 	// incoming side only
 	def      *domain.Domain // the definition the source sent (incoming.xml)
 	postcopy bool
+}
+
+type phaseTime struct {
+	phase string
+	d     time.Duration
+}
+
+// enter starts phase, closing the time of the previous one.
+func (j *migrationJob) enter(phase string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.closePhase()
+	j.phase = phase
+}
+
+// closePhase records the time of the current phase. j.mu is held.
+func (j *migrationJob) closePhase() {
+	var since time.Duration
+	for _, p := range j.phaseTimes {
+		since += p.d
+	}
+	if j.phase != "" && !j.started.IsZero() {
+		j.phaseTimes = append(j.phaseTimes, phaseTime{j.phase, time.Since(j.started) - since})
+	}
 }
 
 // migrationJobs holds each domain's migrationJob (by *dom), kept apart from
@@ -305,6 +332,9 @@ func (d *Driver) MigrationInfo(name string) ([]byte, error) {
 			end = time.Now()
 		}
 		kv("Time elapsed", "%d ms", end.Sub(j.started).Milliseconds())
+	}
+	for _, p := range j.phaseTimes {
+		kv("Time "+p.phase, "%d ms", p.d.Milliseconds())
 	}
 	st := j.stats
 	if st.Status != "" {
@@ -446,6 +476,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	}
 	defer func() {
 		job.set(func(j *migrationJob) {
+			j.closePhase()
 			j.ended = time.Now()
 			if err != nil {
 				j.phase, j.err = "failed", err.Error()
@@ -500,7 +531,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 
 	// 3. The destination prepares: it checks the definition (disks
 	// reachable from there, its emulator, machine) and starts QEMU waiting.
-	job.set(func(j *migrationJob) { j.phase = "preparing" })
+	job.enter("preparing")
 	xml := r.savedXML()
 	if err := t.write("incoming.xml", string(xml)); err != nil {
 		cleanDest()
@@ -533,7 +564,8 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 		abortDest()
 		return fail(ErrIO, "%v", err)
 	}
-	job.set(func(j *migrationJob) { j.uri, j.phase = uri, "migrating" })
+	job.enter("migrating")
+	job.set(func(j *migrationJob) { j.uri = uri })
 	d.appendLog(r.files.Log, "migrating to %s over %s", o.dest, uri)
 
 	// 4. QEMU sends the guest.
@@ -547,7 +579,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	}
 
 	// 5. The destination runs the guest; this QEMU ends.
-	job.set(func(j *migrationJob) { j.phase = "finishing" })
+	job.enter("finishing")
 	if err := t.write("ctl", "migrate-finish\n"); err != nil {
 		d.recoverSource(r, wasRunning)
 		abortDest()
