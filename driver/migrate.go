@@ -202,6 +202,8 @@ type migrationJob struct {
 	stats    migrateStats
 	err      string
 
+	canceled bool // cancel was written to NAME/migration
+
 	// phaseTimes records how long each of qemufs's steps took, in order.
 	phaseTimes []phaseTime
 
@@ -707,6 +709,12 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 		case "completed":
 			return nil
 		case "failed", "cancelled":
+			job.mu.Lock()
+			canceled := job.canceled
+			job.mu.Unlock()
+			if canceled {
+				return errorf(ErrIO, "cancelled (cancel written to migration)")
+			}
 			return errorf(ErrIO, "QEMU's migration %s: %s", st.Status, st.ErrorDesc)
 		}
 		moved := int64(0)
@@ -743,6 +751,47 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 			postcopyStarted = true
 		}
 	}
+}
+
+// MigrationControl runs a command written to NAME/migration: "cancel"
+// stops the domain's outgoing migration (virsh domjobabort). It is a file
+// of its own, not a ctl command, because the kernel serialises writes to
+// one file: a cancel written to ctl would wait for the migrate it cancels.
+func (d *Driver) MigrationControl(ctx context.Context, name, line string) (err error) {
+	dm, err := d.lookup(name)
+	if err != nil {
+		return err
+	}
+	defer func() { dm.noteResult(err) }()
+	if cmd := strings.TrimSpace(line); cmd != "cancel" {
+		return errorf(ErrInvalid, "%s/migration: unknown command %q; the one command is cancel", name, cmd)
+	}
+	return d.cancelMigration(ctx, dm)
+}
+
+// cancelMigration stops the domain's outgoing migration. It does not take
+// the domain's lock, which the migration holds: it asks QEMU to cancel,
+// and the migration then fails, resumes the guest here and cleans the
+// destination as for any failure.
+func (d *Driver) cancelMigration(ctx context.Context, dm *dom) error {
+	j := jobOf(dm)
+	dm.mu.Lock()
+	r := dm.run
+	dm.mu.Unlock()
+	if j == nil || !j.outgoing || r == nil {
+		return errorf(ErrInvalid, "migrate-cancel %s: no outgoing migration", dm.name)
+	}
+	j.mu.Lock()
+	phase := j.phase
+	j.mu.Unlock()
+	if phase != "migrating" {
+		return errorf(ErrBusy, "migrate-cancel %s: the migration is %s, not migrating", dm.name, phase)
+	}
+	j.set(func(j *migrationJob) { j.canceled = true })
+	if err := r.mon.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+		return errorf(ErrIO, "migrate-cancel %s: %w", dm.name, err)
+	}
+	return nil
 }
 
 // recoverSource makes a guest whose migration failed run here again, as it

@@ -60,7 +60,12 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		return uint64(fi.Size())
 	})
 	add(in, "console", 0o660, dd.openConsole, nil)
-	add(in, "migration", 0o444, snapshot(func(context.Context) ([]byte, error) { return d.MigrationInfo(name) }), nil)
+	add(in, "migration", 0o644, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
+		if flags&syscall.O_ACCMODE != syscall.O_RDONLY { // echo cancel > migration
+			return &commandHandle{run: func(ctx context.Context, line string) error { return d.MigrationControl(ctx, name, line) }}, fuse.FOPEN_DIRECT_IO, nil
+		}
+		return snapshot(func(context.Context) ([]byte, error) { return d.MigrationInfo(name) })(ctx, flags)
+	}, nil)
 	add(in, "incoming.xml", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 		return &configHandle{define: func(b []byte) error { return d.PrepareIncoming(name, b) }}, fuse.FOPEN_DIRECT_IO, nil
 	}, nil)

@@ -235,8 +235,39 @@ func TestMigrateFailures(t *testing.T) {
 		t.Fatalf("the migration did not start: %s", src.Read("g", "migration"))
 	}
 
-	// 1. The network goes down in the middle.
+	// 0. Cancelled by the user (virsh domjobabort).
 	done := make(chan error, 1)
+	go func() { done <- src.Ctl("g", cmd) }()
+	waitMoving()
+	if !strings.Contains(src.Read("g", "migration"), "Job type:                  Unbounded") {
+		t.Errorf("migration file during the migration:\n%s", src.Read("g", "migration"))
+	}
+	if st := src.State("g"); st != "running (booted)" {
+		t.Errorf("source state during a live migration: %q", st)
+	}
+	if st := dst.State("g"); st != "paused (migrating)" {
+		t.Errorf("destination state during the migration: %q", st)
+	}
+	if err := src.Write("cancel\n", "g", "migration"); err != nil {
+		t.Fatalf("cancel: %v: %s", err, src.ErrorOf("g"))
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a cancelled migration succeeded")
+		}
+	case <-time.After(migrateTimeout):
+		t.Fatal("the migration did not end after the cancel")
+	}
+	if msg := src.ErrorOf("g"); !strings.Contains(msg, "cancelled (cancel written to migration)") {
+		t.Errorf("error after the cancel: %q", msg)
+	}
+	if !strings.Contains(src.Read("g", "migration"), "Failed") {
+		t.Errorf("migration file after the cancel:\n%s", src.Read("g", "migration"))
+	}
+	alive("cancelled")
+
+	// 1. The network goes down in the middle.
 	go func() { done <- src.Ctl("g", cmd) }()
 	waitMoving()
 	time.Sleep(time.Second)
