@@ -79,15 +79,19 @@ func TestMigrateLive(t *testing.T) {
 		t.Errorf("source lost its definition without --undefinesource")
 	}
 
-	// Back again, persistent at the (original) source, undefined at the
-	// (second) source; the first source's shut-off definition is the same
-	// domain (same UUID), which a destination accepts.
+	// Back again (compressed, with a bandwidth limit, the address named by
+	// the destination), persistent at the (original) source, undefined at
+	// the (second) source; the first source's shut-off definition is the
+	// same domain (same UUID), which a destination accepts.
 	a := src
-	if err := dst.Ctl("g", "migrate "+a.Dir+" --live --persistent --undefinesource"); err != nil {
+	if err := dst.Ctl("g", "migrate "+a.Dir+" --live --persistent --undefinesource --compressed --bandwidth 500"); err != nil {
 		t.Fatalf("migrate back: %v: %s", err, dst.ErrorOf("g"))
 	}
 	if st := a.State("g"); st != "running (migrated)" {
 		t.Errorf("state after migrating back: %q", st)
+	}
+	if info := dst.Read("g", "migration"); !strings.Contains(info, "Compression cache") || !strings.Contains(info, "URI:                       tcp:10.99.0.1:") {
+		t.Errorf("migration file of the compressed migration back:\n%s", info)
 	}
 	if st := dst.State("g"); st != "undefined" {
 		t.Errorf("second source after --undefinesource: %q", st)
