@@ -202,7 +202,8 @@ type migrationJob struct {
 	stats    migrateStats
 	err      string
 
-	canceled bool // cancel was written to NAME/migration
+	canceled    bool // cancel was written to NAME/migration
+	postcopyRan bool // the guest switched to the destination in post-copy
 
 	// phaseTimes records how long each of qemufs's steps took, in order.
 	phaseTimes []phaseTime
@@ -328,6 +329,9 @@ func (d *Driver) MigrationInfo(name string) ([]byte, error) {
 		kv("URI", "%s", j.uri)
 	}
 	kv("Phase", "%s", j.phase)
+	if j.postcopyRan {
+		kv("Post-copy", "yes")
+	}
 	if !j.started.IsZero() {
 		end := j.ended
 		if end.IsZero() {
@@ -573,6 +577,14 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	// 4. QEMU sends the guest.
 	wasRunning := state == StateRunning
 	sendErr := d.sendGuest(ctx, r, t, job, uri, o, wasRunning)
+	var pce *postcopyError
+	if errors.As(sendErr, &pce) {
+		// Neither end has the whole guest: libvirt leaves it paused
+		// ("post-copy failed") for the user to destroy.
+		dm.setState(StatePaused, ReasonPostcopyFailed)
+		d.appendLog(r.files.Log, "post-copy migration failed: %v", pce.err)
+		return fail(ErrIO, "%v; the guest's memory is split between both ends and it cannot continue at either: destroy it (here and at the destination)", pce.err)
+	}
 	if sendErr != nil {
 		d.recoverSource(r, wasRunning)
 		abortDest()
@@ -583,6 +595,10 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	// 5. The destination runs the guest; this QEMU ends.
 	job.enter("finishing")
 	if err := t.write("ctl", "migrate-finish\n"); err != nil {
+		if job.postcopyRan {
+			dm.setState(StatePaused, ReasonPostcopyFailed)
+			return fail(ErrIO, "the destination could not complete the post-copy migration: %v; the guest's memory is split between both ends and it cannot continue at either: destroy it", err)
+		}
 		d.recoverSource(r, wasRunning)
 		abortDest()
 		d.appendLog(r.files.Log, "migration failed at the destination's finish: %v", err)
@@ -652,14 +668,14 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 		{"capability": "events", "state": true},
 	}
 	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
-		return errorf(ErrIO, "migrate-set-capabilities: %w", err)
+		return errorf(ErrIO, "%w", err)
 	}
 	params := map[string]any{"max-bandwidth": int64(1) << 50}
 	if o.bandwidth > 0 {
 		params["max-bandwidth"] = o.bandwidth << 20
 	}
 	if err := r.mon.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
-		return errorf(ErrIO, "migrate-set-parameters: %w", err)
+		return errorf(ErrIO, "%w", err)
 	}
 	r.mu.Lock()
 	r.pauseReason = ReasonMigrating // QEMU's STOP at the end (or ours, below)
@@ -689,7 +705,7 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 	tick := time.NewTicker(migratePoll)
 	defer tick.Stop()
 	last, lastMove, lastDest := int64(-1), time.Now(), time.Now()
-	postcopyStarted := false
+	postcopyStarted, postcopyRunning := false, false
 	for {
 		select {
 		case <-r.proc.Done():
@@ -715,7 +731,20 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 			if canceled {
 				return errorf(ErrIO, "cancelled (cancel written to migration)")
 			}
+			if postcopyStarted {
+				return &postcopyError{fmt.Errorf("QEMU's migration %s in post-copy: %s", st.Status, st.ErrorDesc)}
+			}
 			return errorf(ErrIO, "QEMU's migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		if st.Status == "postcopy-active" && !postcopyRunning {
+			// The source's CPUs stopped for good: the guest is to run at
+			// the destination now, fetching what it lacks from here.
+			r.dm.setState(StatePaused, ReasonPostcopy)
+			if err := t.write("ctl", "migrate-finish\n"); err != nil {
+				return &postcopyError{fmt.Errorf("the destination could not run the guest in post-copy: %v", err)}
+			}
+			postcopyRunning = true
+			job.set(func(j *migrationJob) { j.postcopyRan = true })
 		}
 		moved := int64(0)
 		if st.RAM != nil {
@@ -724,12 +753,21 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 		if moved != last {
 			last, lastMove = moved, time.Now()
 		} else if time.Since(lastMove) > migrateStallTimeout {
+			if postcopyStarted {
+				return &postcopyError{fmt.Errorf("no data reached the destination for %s in post-copy", migrateStallTimeout)}
+			}
 			cancel()
 			return errorf(ErrIO, "no data reached the destination for %s (%d bytes sent, QEMU status %s): the network to %s seems cut", migrateStallTimeout, moved, st.Status, uri)
 		}
 		if time.Since(lastDest) > migrateDestCheck {
 			lastDest = time.Now()
-			if s, err := t.state(); err != nil || !strings.HasPrefix(s, string(StatePaused)) {
+			s, err := t.state()
+			if postcopyRunning && err == nil && s == string(StateRunning)+" ("+ReasonPostcopy+")" {
+				// as it should be
+			} else if err != nil || !strings.HasPrefix(s, string(StatePaused)) {
+				if postcopyStarted {
+					return &postcopyError{fmt.Errorf("the destination's guest is %s in post-copy", s)}
+				}
 				cancel()
 				if err != nil {
 					return errorf(ErrIO, "the destination's %s/state: %v", t.name, err)
@@ -752,6 +790,17 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 		}
 	}
 }
+
+// postcopyError is a failure after post-copy began: the guest's memory is
+// split between both ends, so it cannot run again at the source.
+type postcopyError struct{ err error }
+
+func (e *postcopyError) Error() string { return e.err.Error() }
+func (e *postcopyError) Unwrap() error { return errorf(ErrIO, "%v", e.err) }
+
+// ReasonPostcopyFailed is the state reason of a guest whose post-copy
+// migration failed, at the source (libvirt's "post-copy failed").
+const ReasonPostcopyFailed = "post-copy failed"
 
 // MigrationControl runs a command written to NAME/migration: "cancel"
 // stops the domain's outgoing migration (virsh domjobabort). It is a file
@@ -957,7 +1006,7 @@ func (d *Driver) listenIncoming(ctx context.Context, r *run, in *incomingMigrati
 		{"capability": "postcopy-ram", "state": in.postcopy},
 	}
 	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
-		return errorf(ErrIO, "migrate-incoming %s: migrate-set-capabilities: %w", name, err)
+		return errorf(ErrIO, "migrate-incoming %s: %w%s", name, err, logTail(r.files.Log))
 	}
 	if err := r.mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": in.listen}, nil); err != nil {
 		return errorf(ErrIO, "migrate-incoming %s: %w%s", name, err, logTail(r.files.Log))
@@ -1026,17 +1075,28 @@ func (d *Driver) finishIncoming(ctx context.Context, dm *dom) (err error) {
 	if j == nil || j.outgoing || rerr != nil {
 		return errorf(ErrInvalid, "migrate-finish %s: no incoming migration running", dm.name)
 	}
+	dm.mu.Lock()
+	inPostcopy := dm.state == StateRunning && dm.reason == ReasonPostcopy
+	dm.mu.Unlock()
+	switchedToPostcopy := false
 	defer func() {
 		j.set(func(j *migrationJob) {
-			j.ended = time.Now()
-			if err != nil {
+			switch {
+			case err != nil:
+				j.ended = time.Now()
 				j.phase, j.err = "failed", err.Error()
-			} else {
+			case switchedToPostcopy:
+				j.phase = "post-copy"
+			default:
+				j.ended = time.Now()
 				j.phase = "completed"
 			}
 		})
 	}()
 	deadline := time.Now().Add(incomingFinishTimeout)
+	if inPostcopy {
+		deadline = time.Now().Add(loadTimeout) // the rest of memory still comes
+	}
 	for pause := time.Millisecond; ; pause = min(2*pause, 50*time.Millisecond) {
 		st, err := r.queryMigrateStats(ctx)
 		if err != nil {
@@ -1045,6 +1105,19 @@ func (d *Driver) finishIncoming(ctx context.Context, dm *dom) (err error) {
 		j.set(func(j *migrationJob) { j.stats = st })
 		if st.Status == "completed" {
 			break
+		}
+		if st.Status == "postcopy-active" && !inPostcopy && j.postcopy {
+			// Post-copy: the guest runs here from now on, and pages it
+			// lacks come from the source on demand.
+			dm.setState(StateRunning, ReasonPostcopy)
+			if err := r.mon.Execute(ctx, "cont", nil, nil); err != nil {
+				dm.setState(StatePaused, ReasonMigrating)
+				return errorf(ErrIO, "migrate-finish %s: cont in post-copy: %w", dm.name, err)
+			}
+			dm.publish(EventResumed, ReasonPostcopy)
+			r.saveStatus()
+			switchedToPostcopy = true
+			return nil
 		}
 		if st.Status == "failed" || st.Status == "cancelled" {
 			return errorf(ErrIO, "migrate-finish %s: the incoming migration %s: %s", dm.name, st.Status, st.ErrorDesc)
@@ -1057,6 +1130,12 @@ func (d *Driver) finishIncoming(ctx context.Context, dm *dom) (err error) {
 			return errorf(ErrIO, "migrate-finish %s: QEMU ended (%s)%s", dm.name, r.proc.Exit(), logTail(r.files.Log))
 		case <-time.After(pause):
 		}
+	}
+	if inPostcopy {
+		dm.setState(StateRunning, ReasonMigrated)
+		r.saveStatus()
+		d.appendLog(r.files.Log, "incoming post-copy migration completed")
+		return nil
 	}
 	dm.setState(StateRunning, ReasonMigrated)
 	if err := r.mon.Execute(ctx, "cont", nil, nil); err != nil {
