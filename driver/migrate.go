@@ -120,8 +120,6 @@ func parseMigrateArgs(args []string) (migrateOptions, error) {
 		return o, errorf(ErrInvalid, "migrate: --offline moves only the definition; --uri, --bandwidth, --compressed, --postcopy and --copy-storage-all need a live migration")
 	case o.offline && !o.persistent:
 		return o, errorf(ErrInvalid, "migrate: --offline needs --persistent (it moves the persistent definition only)")
-	case o.copyStorage:
-		return o, errorf(ErrInvalid, "migrate: --copy-storage-all is not supported yet; the disks must be shared storage reachable at the same paths from the destination")
 	case o.postcopy && !o.live:
 		return o, errorf(ErrInvalid, "migrate: --postcopy needs --live")
 	}
@@ -161,15 +159,24 @@ func init() {
 	})
 	// The destination's half: internal commands the source writes into
 	// DEST/NAME/ctl (docs/migration.md describes the protocol).
-	registerCommand("migrate-incoming URI [--postcopy] [--compressed]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
+	registerCommand("migrate-incoming URI [--postcopy] [--compressed] [--copy-storage=TARGET:BYTES...]", func(ctx context.Context, d *Driver, dm *dom, args []string) error {
 		var uri string
 		var postcopy, compressed bool
+		sizes := map[string]int64{}
 		for _, a := range args {
 			switch {
 			case a == "--postcopy":
 				postcopy = true
 			case a == "--compressed":
 				compressed = true
+			case strings.HasPrefix(a, "--copy-storage="):
+				// --copy-storage=TARGET:BYTES, one per disk to copy
+				t, n, ok := strings.Cut(strings.TrimPrefix(a, "--copy-storage="), ":")
+				size, err := strconv.ParseInt(n, 10, 64)
+				if !ok || err != nil || size <= 0 {
+					return errBadArgs
+				}
+				sizes[t] = size
 			case strings.HasPrefix(a, "-") || uri != "":
 				return errBadArgs
 			default:
@@ -179,7 +186,7 @@ func init() {
 		if uri == "" {
 			return errBadArgs
 		}
-		return d.startIncoming(ctx, dm, uri, postcopy, compressed)
+		return d.startIncoming(ctx, dm, uri, postcopy, compressed, sizes)
 	})
 	registerCommand("migrate-finish", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
 		return d.finishIncoming(ctx, dm)
@@ -209,8 +216,11 @@ type migrationJob struct {
 	phaseTimes []phaseTime
 
 	// incoming side only
-	def      *domain.Domain // the definition the source sent (incoming.xml)
-	postcopy bool
+	missingDisks []missingDisk  // disks this host lacks (made for --copy-storage-all)
+	createdDisks []string       // images made here, removed when the migration fails
+	nbd          string         // tcp:HOST:PORT of the NBD server, for --copy-storage-all
+	def          *domain.Domain // the definition the source sent (incoming.xml)
+	postcopy     bool
 }
 
 type phaseTime struct {
@@ -327,6 +337,9 @@ func (d *Driver) MigrationInfo(name string) ([]byte, error) {
 	}
 	if j.uri != "" {
 		kv("URI", "%s", j.uri)
+	}
+	if j.nbd != "" {
+		kv("NBD", "%s", j.nbd)
 	}
 	kv("Phase", "%s", j.phase)
 	if j.postcopyRan {
@@ -555,9 +568,17 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	if o.compressed {
 		line += " --compressed"
 	}
+	if o.copyStorage {
+		words, err := r.copySizes(ctx)
+		if err != nil {
+			cleanDest()
+			return fail(ErrIO, "%v", err)
+		}
+		line += " " + strings.Join(words, " ")
+	}
 	if err := t.write("ctl", line+"\n"); err != nil {
 		cleanDest()
-		return fail(ErrIO, "the destination could not start the incoming guest: %v", err)
+		return fail(ErrIO, "the destination refused the guest: %v", err)
 	}
 	abortDest := func() {
 		if err := t.write("ctl", "migrate-abort\n"); err != nil {
@@ -570,6 +591,16 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 		abortDest()
 		return fail(ErrIO, "%v", err)
 	}
+	var mirrors []mirror
+	if o.copyStorage {
+		job.enter("copying storage")
+		host, _, _ := parseTCPURI(uri)
+		if mirrors, err = d.startMirrors(ctx, r, t, host); err != nil {
+			abortDest()
+			d.appendLog(r.files.Log, "migration failed copying the disks: %v", err)
+			return fail(ErrIO, "%v; the guest keeps running here", err)
+		}
+	}
 	job.enter("migrating")
 	job.set(func(j *migrationJob) { j.uri = uri })
 	d.appendLog(r.files.Log, "migrating to %s over %s", o.dest, uri)
@@ -577,6 +608,15 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	// 4. QEMU sends the guest.
 	wasRunning := state == StateRunning
 	sendErr := d.sendGuest(ctx, r, t, job, uri, o, wasRunning)
+	if sendErr == nil && len(mirrors) > 0 {
+		// The guest is paused and every copy in step: end the mirrors,
+		// which leaves the destination's disks complete.
+		sendErr = r.cancelMirrors(mirrors, false)
+		mirrors = nil
+	}
+	if sendErr != nil && len(mirrors) > 0 {
+		r.cancelMirrors(mirrors, true)
+	}
 	var pce *postcopyError
 	if errors.As(sendErr, &pce) {
 		// Neither end has the whole guest: libvirt leaves it paused
@@ -917,20 +957,30 @@ func (d *Driver) PrepareIncoming(name string, xml []byte) (err error) {
 	if err := def.Validate(d.caps); err != nil {
 		return fail(ErrInvalid, "%v", err)
 	}
-	if err := checkReachable(def); err != nil {
+	missing, err := checkReachable(def)
+	if err != nil {
 		return fail(ErrInvalid, "%v", err)
 	}
-	migrationJobs.Store(dm, &migrationJob{def: def, phase: "prepared", started: time.Now()})
+	migrationJobs.Store(dm, &migrationJob{def: def, phase: "prepared", started: time.Now(), missingDisks: missing})
 	return nil
 }
 
 // checkReachable stats every host file the guest's state depends on: a
 // live migration with shared storage needs them at the same paths here.
-func checkReachable(def *domain.Domain) error {
+// Writable file disks that are missing are returned, not refused: a
+// migration with --copy-storage-all makes them (migrate-incoming refuses
+// them otherwise, with the reason in missingDisk.err).
+func checkReachable(def *domain.Domain) ([]missingDisk, error) {
 	type file struct{ path, what string }
 	var files []file
+	var missing []missingDisk
 	for _, dk := range def.Disks() {
 		if (dk.Type == "file" || dk.Type == "block" || dk.Type == "") && strings.HasPrefix(dk.Source, "/") {
+			if _, err := os.Stat(dk.Source); err != nil && dk.Type != "block" && !dk.ReadOnly && dk.Device == "disk" {
+				missing = append(missing, missingDisk{target: dk.Target, path: dk.Source, format: dk.Format,
+					err: fmt.Errorf("disk %s %s is not reachable from the destination (%v); migrate with shared storage at the same path, or --copy-storage-all", dk.Target, dk.Source, unwrapPathError(err))})
+				continue
+			}
 			files = append(files, file{dk.Source, "disk " + dk.Target})
 		}
 	}
@@ -944,16 +994,16 @@ func checkReachable(def *domain.Domain) error {
 	}
 	for _, f := range files {
 		if _, err := os.Stat(f.path); err != nil {
-			return fmt.Errorf("%s %s is not reachable from the destination (%v); migrate with shared storage at the same path, or --copy-storage-all", f.what, f.path, unwrapPathError(err))
+			return nil, fmt.Errorf("%s %s is not reachable from the destination (%v); migrate with shared storage at the same path", f.what, f.path, unwrapPathError(err))
 		}
 	}
-	return nil
+	return missing, nil
 }
 
 // startIncoming starts QEMU for the prepared incoming guest, waiting for
 // the source's stream on uri (tcp:HOST:PORT, port 0 for any); the port QEMU
 // got shows in NAME/migration.
-func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcopy, compressed bool) error {
+func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcopy, compressed bool, copySizes map[string]int64) error {
 	ctx = context.WithoutCancel(ctx)
 	if _, _, err := parseTCPURI(uri); err != nil {
 		return errorf(ErrInvalid, "migrate-incoming %s: %q: %v", dm.name, uri, err)
@@ -971,8 +1021,22 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 		return errorf(ErrBusy, "migrate-incoming %s: the domain is already running", dm.name)
 	}
 	j.set(func(j *migrationJob) { j.postcopy = postcopy })
-	in := &incomingMigration{listen: uri, job: j, postcopy: postcopy, compressed: compressed}
+	// Disks this host lacks: made empty here for the source to copy into,
+	// or the reason the migration is refused.
+	for _, m := range j.missingDisks {
+		size, ok := copySizes[m.target]
+		if !ok {
+			return errorf(ErrInvalid, "migrate-incoming %s: %v", dm.name, m.err)
+		}
+		if err := createDiskImage(ctx, m, size); err != nil {
+			d.removeCreatedDisks(j)
+			return errorf(ErrIO, "migrate-incoming %s: %v", dm.name, err)
+		}
+		j.set(func(j *migrationJob) { j.createdDisks = append(j.createdDisks, m.path) })
+	}
+	in := &incomingMigration{listen: uri, job: j, postcopy: postcopy, compressed: compressed, copyStorage: len(copySizes) > 0}
 	if err := d.start(ctx, dm, j.def, StartOptions{Paused: true, migrating: in}); err != nil {
+		d.removeCreatedDisks(j)
 		dm.mu.Lock()
 		if dm.run == nil {
 			if dm.def == nil {
@@ -991,10 +1055,11 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 // incomingMigration is an incoming migration that a start makes QEMU
 // wait for instead of booting the guest (StartOptions.migrating).
 type incomingMigration struct {
-	listen     string // tcp:HOST:PORT for migrate-incoming
-	job        *migrationJob
-	postcopy   bool
-	compressed bool
+	listen      string // tcp:HOST:PORT for migrate-incoming
+	job         *migrationJob
+	postcopy    bool
+	compressed  bool
+	copyStorage bool // serve the disks over NBD for the source to mirror into
 }
 
 // listenIncoming (called by start for an incoming migration) has QEMU,
@@ -1038,6 +1103,11 @@ func (d *Driver) listenIncoming(ctx context.Context, r *run, in *incomingMigrati
 		j.stats = st
 	})
 	d.appendLog(r.files.Log, "incoming migration: listening on %s", in.job.uri)
+	if in.copyStorage {
+		if err := d.startNBD(ctx, r, in.job, host); err != nil {
+			return errorf(ErrIO, "migrate-incoming %s: %v", name, err)
+		}
+	}
 	return nil
 }
 
@@ -1137,6 +1207,9 @@ func (d *Driver) finishIncoming(ctx context.Context, dm *dom) (err error) {
 		d.appendLog(r.files.Log, "incoming post-copy migration completed")
 		return nil
 	}
+	if err := r.stopNBD(ctx, j); err != nil {
+		return errorf(ErrIO, "migrate-finish %s: %v", dm.name, err)
+	}
 	dm.setState(StateRunning, ReasonMigrated)
 	if err := r.mon.Execute(ctx, "cont", nil, nil); err != nil {
 		dm.setState(StatePaused, ReasonMigrating)
@@ -1174,6 +1247,7 @@ func (d *Driver) abortIncoming(ctx context.Context, dm *dom) error {
 			return errorf(ErrIO, "migrate-abort %s: QEMU did not end", dm.name)
 		}
 	}
+	d.removeCreatedDisks(j)
 	dm.mu.Lock()
 	if dm.def == nil && dm.run == nil {
 		dm.state, dm.reason = StateUndefined, ReasonUnknown

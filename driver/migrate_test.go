@@ -34,7 +34,7 @@ func TestParseMigrateArgs(t *testing.T) {
 		{args: "/d --uri unix:/x", err: "tcp:HOST"},
 		{args: "/d --uri tcp:h:99999", err: "bad port"},
 		{args: "/d --uri tcp:", err: "no host"},
-		{args: "/d --copy-storage-all", err: "not supported"},
+		{args: "/d --live --copy-storage-all", want: migrateOptions{dest: "/d", live: true, copyStorage: true}},
 	} {
 		got, err := parseMigrateArgs(strings.Fields(c.args))
 		switch {

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +116,8 @@ func TestMigrateLive(t *testing.T) {
 // refuses it, with the reason, before anything moves; the guest keeps
 // running at the source and the destination keeps nothing. Bad arguments,
 // a tree that is no qemufs tree and the source's own tree are refused too.
+// Then the same guest migrates with --copy-storage-all (its disk copied
+// into an image the destination makes), and last its definition offline.
 func TestMigrateRefused(t *testing.T) {
 	t.Parallel()
 	a, b := harness.NewHostPair(t)
@@ -178,10 +182,47 @@ func TestMigrateRefused(t *testing.T) {
 	if err := src.Ctl("g", "migrate "+dst.Dir+" --offline"); err == nil {
 		t.Errorf("an offline migration of a running guest without --persistent succeeded")
 	}
-	src.MustCtl("g", "destroy")
+
+	// With --copy-storage-all the destination makes the disk it lacks and
+	// the source copies it there (NBD + mirror) with the memory: what the
+	// guest wrote to it is in the destination's own image. (The guest's
+	// only virtio disk is its /dev/vda, whatever the target's name.)
+	if out, err := exec.Command("head", "-c", "14", disk).Output(); err != nil || strings.Contains(string(out), "QEMUFS") {
+		t.Fatalf("the disk before the guest writes it: %q %v", out, err)
+	}
+	con := src.Follow("g", "console")
+	if err := src.Send("echo QEMUFS-MARK-$((40+2)) > /dev/vda; sync; echo WROTE-$((6*7))\n", "g", "console"); err != nil {
+		t.Fatal(err)
+	}
+	if err := con.Wait("WROTE-42", boot); err != nil {
+		t.Fatalf("writing the disk in the guest: %v", err)
+	}
+	con.Stop()
+	if err := src.Ctl("g", "migrate "+dst.Dir+" --live --copy-storage-all --uri tcp:"+b.Addr); err != nil {
+		t.Fatalf("migrate --copy-storage-all: %v: %s\ndestination log:\n%s", err, src.ErrorOf("g"), dst.QEMULog("g"))
+	}
+	if st := dst.State("g"); st != "running (migrated)" {
+		t.Errorf("destination after the storage copy: %q", st)
+	}
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(dst.DaemonPid()), "-m", "head", "-c", "14", disk).CombinedOutput()
+	if err != nil || string(out) != "QEMUFS-MARK-42" {
+		t.Errorf("the destination's copy of the disk starts with %q (%v), want QEMUFS-MARK-42\nsource migration:\n%s\ndestination migration:\n%s\ndestination log:\n%s", out, err, src.Read("g", "migration"), dst.Read("g", "migration"), dst.QEMULog("g"))
+	}
+	con = dst.Follow("g", "console")
+	if err := dst.Send("sync; echo 3 > /proc/sys/vm/drop_caches; head -c 14 /dev/vda; echo\n", "g", "console"); err != nil {
+		t.Fatal(err)
+	}
+	if err := con.Wait("QEMUFS-MARK-42", boot); err != nil {
+		t.Errorf("the guest reading its disk at the destination: %v", err)
+	}
+	con.Stop()
+	dst.MustCtl("g", "destroy")
 
 	// Offline: only the definition moves (the destination does not check
 	// disks for a definition, as libvirt's offline migration does not).
+	if st := src.State("g"); st != "shut off (migrated)" {
+		t.Errorf("source after the storage copy: %q", st)
+	}
 	src.MustCtl("g", "migrate "+dst.Dir+" --offline --persistent --undefinesource")
 	if st := dst.State("g"); st != "shut off (unknown)" {
 		t.Errorf("destination after the offline migration: %q", st)
