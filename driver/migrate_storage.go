@@ -18,8 +18,8 @@ import (
 // until the copies are in step, migrates the memory, then ends the mirrors
 // while the guest is paused, so that both ends hold the same disk.
 
-// mirrorReadyTimeout bounds the wait for the mirrors to be in step when
-// they stop moving.
+// mirrorStallTimeout fails a storage copy that stops moving before the
+// mirrors are in step.
 const mirrorStallTimeout = 60 * time.Second
 
 // missingDisk is a writable file disk the destination does not have.
@@ -107,9 +107,6 @@ func (d *Driver) startNBD(ctx context.Context, r *run, j *migrationJob, host str
 		return fmt.Errorf("query-block: %w", err)
 	}
 	listen := host
-	if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
-		listen = host
-	}
 	port, err := freeTCPPort(listen)
 	if err != nil {
 		return fmt.Errorf("NBD port: %w", err)
