@@ -18,8 +18,10 @@ var remoteOptions = []string{"direct_io", "dir_cache=no", "attr_timeout=0", "ent
 // TestRemoteTree: a qemufs tree used from another host over sshfs (sshd
 // on the remote host's address, the client on the other host), with the
 // options of docs/remote.md: the README's session runs through it (define,
-// start, state, console, monitor session, destroy), a ctl error fails the
-// write and its reason is in error, the console stream blocks and ends.
+// start, state, destroy, rmdir), a ctl error fails the write and its
+// reason is in error; streams and monitor sessions over ssh block, work
+// and end. Last, the remote tree is the destination of a live migration
+// from an instance on this host.
 func TestRemoteTree(t *testing.T) {
 	t.Parallel()
 	a, b := harness.NewHostPair(t)
@@ -100,5 +102,32 @@ func TestRemoteTree(t *testing.T) {
 	}
 	if m.Exists("g") {
 		t.Errorf("the domain is still listed locally after rmdir through sshfs")
+	}
+
+	// The remote tree as a migration destination: an instance on this
+	// host moves a guest to the remote host through the sshfs mount.
+	local := harness.Start(t, harness.Options{Wrap: a.Wrap()})
+	local.Boot("h", harness.GuestXML(t, "h", guest.ActionNone, ""))
+	if err := local.Ctl("h", "migrate "+r.Dir+" --live --persistent --uri tcp:"+b.Addr); err != nil {
+		t.Fatalf("migrate to the remote tree: %v: %s", err, local.ErrorOf("h"))
+	}
+	if st := local.State("h"); st != "shut off (migrated)" {
+		t.Errorf("source after migrating to the remote tree: %q", st)
+	}
+	if st := r.State("h"); st != "running (migrated)" {
+		t.Errorf("remote state after the migration, through sshfs: %q", st)
+	}
+	if !strings.Contains(m.Read("h", "config.xml"), "<name>h</name>") {
+		t.Errorf("no persistent definition at the remote host after --persistent")
+	}
+	after := harness.FollowCmd(t, ssh.Command(a, "cat "+m.Path("h", "console")))
+	if out, err := ssh.Command(a, "printf 'echo MOVED-$((6*7))\\n' > "+m.Path("h", "console")).CombinedOutput(); err != nil {
+		t.Fatalf("console over ssh: %v %s", err, out)
+	}
+	if err := after.Wait("MOVED-42", boot); err != nil {
+		t.Errorf("the migrated guest's shell at the remote host: %v", err)
+	}
+	if err := r.Ctl("h", "destroy"); err != nil {
+		t.Errorf("destroy through sshfs: %v", err)
 	}
 }
