@@ -56,7 +56,7 @@ func main() {
 		quick    = flag.Bool("quick", false, "a short run: few repetitions, 200 domains, 10 guests")
 		noVirsh  = flag.Bool("no-libvirt", false, "skip the libvirt comparison")
 		keepBase = flag.Bool("keep", false, "keep the bench's directory (logs) instead of removing it")
-		only     = flag.String("only", "", "comma-separated sections to run (start,cycle,boot,fuse,hotplug,mount,scale,save); all when empty")
+		only     = flag.String("only", "", "comma-separated sections to run (start,cycle,boot,fuse,hotplug,mount,scale,save,migrate); all when empty")
 	)
 	flag.Parse()
 	env := &benchEnv{n: *n, nBoot: *nBoot, nMount: *nMount, rounds: *rounds, skipLibvirt: *noVirsh, rep: &report{}}
@@ -190,6 +190,7 @@ func run(env *benchEnv, vp **virsh) error {
 		{"mount", "6 mount time", func() error { return benchMount(env) }},
 		{"scale", "4 scale", func() error { return benchScale(env) }},
 		{"save", "9 managed save + restore", func() error { return benchSave(env, m) }},
+		{"migrate", "10 live migration", func() error { return benchMigrate(env, m) }},
 	}
 	for _, s := range steps {
 		if env.only != nil && !env.only[s.key] {

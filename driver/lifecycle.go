@@ -33,6 +33,9 @@ type StartOptions struct {
 	running bool
 	// incoming, when set, is the saved state to load instead of booting.
 	incoming *incoming
+	// migrating, when set, is an incoming migration to wait for instead
+	// of booting (migrate.go).
+	migrating *incomingMigration
 }
 
 // ctlCommand is one ctl command: its usage line (for messages and docs)
@@ -375,8 +378,8 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	if err := d.prepareSecrets(r, &copts); err != nil {
 		return err
 	}
-	if o.incoming != nil {
-		copts.Incoming = "defer" // restore: loadIncoming feeds the state
+	if o.incoming != nil || o.migrating != nil {
+		copts.Incoming = "defer" // restore: loadIncoming feeds the state; migration: listenIncoming
 	}
 	cmd, err := domain.BuildCommand(r.live, copts)
 	if err != nil {
@@ -441,17 +444,27 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		}
 		booted = ReasonRestored
 	}
-	if err := d.applyLinkStates(ctx, r); err != nil {
-		return err
-	}
-	if err := d.startBalloon(ctx, r); err != nil {
-		return err
+	pausedReason := ReasonUser
+	if o.migrating != nil {
+		// The guest's state, links and balloon included, comes with the
+		// migration stream.
+		if err := d.listenIncoming(ctx, r, o.migrating); err != nil {
+			return err
+		}
+		booted, pausedReason = ReasonMigrated, ReasonMigrating
+	} else {
+		if err := d.applyLinkStates(ctx, r); err != nil {
+			return err
+		}
+		if err := d.startBalloon(ctx, r); err != nil {
+			return err
+		}
 	}
 
 	dm.mu.Lock()
 	dm.run = r
 	if o.Paused {
-		dm.state, dm.reason = StatePaused, ReasonUser
+		dm.state, dm.reason = StatePaused, pausedReason
 	} else {
 		dm.state, dm.reason = StateRunning, booted
 	}
@@ -471,7 +484,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	}
 	dm.publish(EventStarted, booted)
 	if o.Paused {
-		dm.publish(EventPaused, ReasonUser)
+		dm.publish(EventPaused, pausedReason)
 	}
 	d.wg.Add(1)
 	go r.supervise()

@@ -386,6 +386,11 @@ func (r *run) cleanup() {
 	dm.mu.Lock()
 	dm.run = nil
 	dm.state, dm.reason = StateShutoff, reason
+	if dm.def == nil {
+		// A transient guest (one that migrated here without
+		// --persistent) leaves an empty slot, as libvirt's vanishes.
+		dm.state, dm.reason = StateUndefined, ReasonUnknown
+	}
 	dm.mu.Unlock()
 	if crashed {
 		dm.publish(EventStopped, ReasonCrashed)

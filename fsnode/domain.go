@@ -63,6 +63,15 @@ func (dd *domainDir) OnAdd(ctx context.Context) {
 		return uint64(fi.Size())
 	})
 	add(in, "console", 0o660, dd.openConsole, nil)
+	add(in, "migration", 0o644, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
+		if flags&syscall.O_ACCMODE != syscall.O_RDONLY { // echo cancel > migration
+			return &commandHandle{run: func(ctx context.Context, line string) error { return d.MigrationControl(ctx, name, line) }}, fuse.FOPEN_DIRECT_IO, nil
+		}
+		return snapshot(func(context.Context) ([]byte, error) { return d.MigrationInfo(name) })(ctx, flags)
+	}, nil)
+	add(in, "incoming.xml", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
+		return &xmlHandle{commit: func(_ context.Context, b []byte) error { return d.PrepareIncoming(name, b) }}, fuse.FOPEN_DIRECT_IO, nil
+	}, nil)
 	add(in, "screen.png", 0o440, snapshot(func(ctx context.Context) ([]byte, error) {
 		// Go's SIGURG or a shell's SIGCHLD must not fail the screendump.
 		ctx, cancel := userInterrupts(ctx)
@@ -153,8 +162,11 @@ func (dd *domainDir) openConfig(ctx context.Context, flags uint32) (fs.FileHandl
 
 func (dd *domainDir) openCtl(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 	d, name := dd.root.cfg.Driver, dd.name
+	// Seekable (though offsets are ignored): OpenSSH's sftp-server seeks
+	// before every write, so a tree used over sshfs needs lseek to work
+	// (docs/remote.md).
 	return &commandHandle{run: func(ctx context.Context, line string) error { return d.Control(ctx, name, line) }},
-		fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil
+		fuse.FOPEN_DIRECT_IO, nil
 }
 
 func (dd *domainDir) openLog(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {

@@ -15,7 +15,8 @@ for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils fusermount3:f
 	xmllint:libxml2-utils cpio:cpio gzip:gzip modinfo:kmod tmux:tmux losetup:mount \
 	setpriv:util-linux swtpm:swtpm swtpm_setup:swtpm-tools \
 	dnsmasq:dnsmasq-base nft:nftables nsenter:util-linux unshare:util-linux passt:passt \
-	qemu-io:qemu-utils mkfs.ext4:e2fsprogs; do
+	qemu-io:qemu-utils mkfs.ext4:e2fsprogs \
+	sshd:openssh-server ssh-keygen:openssh-client sshfs:sshfs; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	command -v "$cmd" >/dev/null 2>&1 || need="$need $pkg"
 done

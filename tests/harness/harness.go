@@ -72,6 +72,10 @@ type Options struct {
 	// the networks it makes (bridges, firewall tables, dnsmasq) stay off
 	// the host's network.
 	NetNS bool
+	// Wrap, when set, is a command prefix the daemon runs under (`qemufs
+	// mount` becomes Wrap + argv), e.g. to enter a network namespace made
+	// beforehand (see Host in migrate.go).
+	Wrap []string
 }
 
 // Mount is one qemufs instance mounted for a test.
@@ -152,6 +156,9 @@ func (m *Mount) Command(args ...string) *exec.Cmd {
 	argv := append([]string{m.bin}, args...)
 	if m.opts.NetNS && len(args) > 0 && args[0] == "mount" {
 		argv = netnsWrap(argv)
+	}
+	if len(m.opts.Wrap) > 0 && len(args) > 0 && args[0] == "mount" {
+		argv = append(append([]string{}, m.opts.Wrap...), argv...)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = os.Environ()
