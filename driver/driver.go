@@ -20,6 +20,7 @@ import (
 	"github.com/qemufs/qemufs/capabilities"
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/instance"
+	"github.com/qemufs/qemufs/internal/atomicfile"
 	"github.com/qemufs/qemufs/network"
 	"github.com/qemufs/qemufs/security"
 	"github.com/qemufs/qemufs/stream"
@@ -290,7 +291,7 @@ func (d *Driver) Define(name string, xml []byte) (err error) {
 		return errorf(ErrExist, "define %s: UUID %s is already used by domain %q", name, def.UUID(), other)
 	}
 	out := def.XML()
-	if err := writeFileAtomic(d.defPath(name), out, 0o600); err != nil {
+	if err := atomicfile.WriteFileSteps(d.defPath(name), out, 0o600, "define"); err != nil {
 		return errorf(ErrIO, "define %s: %w", name, err)
 	}
 	dm.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/internal/fault"
 	"github.com/qemufs/qemufs/monitor"
 	"github.com/qemufs/qemufs/procmgr"
 )
@@ -350,6 +351,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	undo = append(undo, func() { d.restoreSecurity(r) })
+	fault.Point("start.prepared")
 	if err := d.startTPM(ctx, r, &spec); err != nil {
 		return err
 	}
@@ -361,6 +363,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return errorf(ErrIO, "start %s: %w%s", name, err, logTail(f.Log))
 	}
 	r.proc = proc
+	fault.PointPid("start.spawned", proc.Pid)
 	undo = append(undo, func() {
 		proc.Kill()
 		<-proc.Done()
@@ -376,6 +379,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	undo = append(undo, func() { mon.Close() })
+	fault.PointPid("start.monitor", proc.Pid)
 	if err := d.attachConsole(ctx, r, false); err != nil {
 		d.appendLog(f.Log, "console: %v", err)
 	}
@@ -410,6 +414,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	if err := r.saveStatus(); err != nil {
 		return errorf(ErrIO, "start %s: %w", name, err)
 	}
+	fault.PointPid("start.status", proc.Pid)
 	dm.publish(EventStarted, booted)
 	if o.Paused {
 		dm.publish(EventPaused, ReasonUser)
@@ -458,6 +463,7 @@ func (d *Driver) shutdown(ctx context.Context, dm *dom, timeout time.Duration) e
 		return err
 	}
 	d.appendLog(r.files.Log, "shutdown requested (ACPI power button)")
+	fault.Point("shutdown.requested")
 	var expire <-chan time.Time
 	if timeout > 0 {
 		t := time.NewTimer(timeout)
@@ -488,6 +494,7 @@ func (d *Driver) destroy(ctx context.Context, dm *dom, reason string) error {
 		return err
 	}
 	r.kill(reason)
+	fault.Point("destroy.signalled")
 	select {
 	case <-r.done:
 		return nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/internal/fault"
 )
 
 // Reasons of the save and restore states, with libvirt's names.
@@ -201,6 +202,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 			return errorf(ErrIO, "save %s: stop: %w", name, err)
 		}
 		dm.transition(StateRunning, StatePaused, ReasonSaving, EventPaused)
+		fault.Point("save.paused")
 		defer func() {
 			if err != nil {
 				r.resumeAfterFailedSave()
@@ -239,6 +241,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 		return werr
 	}
 
+	fault.Point("save.streamed")
 	// The stream is in: complete the header and put the image in place.
 	hdr.StreamLen = uint64(n)
 	if _, err := tmp.WriteAt(hdr.bytes(), 0); err != nil {
@@ -254,6 +257,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 		return errorf(ErrIO, "save %s: %w", name, err)
 	}
 	syncDir(dir)
+	fault.Point("save.renamed")
 	d.appendLog(r.files.Log, "saved %d bytes of guest state to %s in %s", n, path, time.Since(t0).Round(time.Millisecond))
 
 	// QEMU is done with this guest: end it; cleanup records "saved".

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/internal/fault"
 	"github.com/qemufs/qemufs/security"
 )
 
@@ -190,12 +191,14 @@ func (d *Driver) takeSnapshot(ctx context.Context, name string, req *snapRequest
 	if err != nil {
 		return "", err
 	}
+	fault.Point("snapshot.taken")
 	if err := d.saveSnapshot(dm, sn); err != nil {
 		if undo != nil {
 			undo()
 		}
 		return "", errorf(ErrIO, "snapshot %s: metadata of %s: %w", name, sn.Name, err)
 	}
+	fault.Point("snapshot.saved")
 	s.mu.Lock()
 	s.byName[sn.Name] = sn
 	s.current = sn.Name
