@@ -278,6 +278,10 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return errorf(ErrIO, "start %s: %w", name, err)
 	}
 	undo = append(undo, func() { os.RemoveAll(f.DomDir) })
+	if err := r.writeStarting(); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
+	}
+	undo = append(undo, func() { os.Remove(f.Status) })
 
 	// QEMU gets a socket that already listens, so qemufs can connect
 	// at once instead of polling for the socket to appear.
@@ -356,6 +360,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	undo = append(undo, r.stopTPM)
+	if err := r.writeStarting(); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
+	}
 
 	d.logStart(r, &spec)
 	proc, err := procmgr.Start(ctx, spec)
@@ -363,13 +370,16 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return errorf(ErrIO, "start %s: %w%s", name, err, logTail(f.Log))
 	}
 	r.proc = proc
-	fault.PointPid("start.spawned", proc.Pid)
 	undo = append(undo, func() {
 		proc.Kill()
 		<-proc.Done()
 		os.Remove(f.PidFile)
 		d.appendLog(f.Log, "shutting down, reason=failed")
 	})
+	if err := r.writeStarting(); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
+	}
+	fault.PointPid("start.spawned", proc.Pid)
 	qmpFile.Close()
 	go r.handleEvents()
 	undo = append(undo, func() { r.evq.end() })

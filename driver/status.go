@@ -34,6 +34,7 @@ type status struct {
 	Taints      []string         `json:"taints,omitempty"`
 	TPM         *tpmStatus       `json:"tpm,omitempty"` // the guest's swtpm
 	Live        string           `json:"live"`
+	Starting    bool             `json:"starting,omitempty"` // an unfinished start (startjournal.go)
 }
 
 // saveStatus writes the status file. It lives on the run directory, whose
@@ -91,6 +92,9 @@ func (d *Driver) reattach(name, path string) error {
 	if err := json.Unmarshal(data, &st); err != nil {
 		os.Remove(path)
 		return fmt.Errorf("bad status file %s removed: %w", path, err)
+	}
+	if st.Starting {
+		return d.undoStart(name, &st)
 	}
 	live, err := domain.Parse([]byte(st.Live))
 	if err != nil {
