@@ -434,10 +434,15 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	return nil
 }
 
+// qmpHandshakeTimeout bounds the QMP greeting and negotiation at start
+// (docs/reliability.md); every later command is bounded by
+// monitor.DefaultCommandTimeout.
+const qmpHandshakeTimeout = 60 * time.Second
+
 // dialMonitor connects to QEMU's QMP socket. If QEMU dies while starting,
 // the error carries the reason QEMU printed.
 func (d *Driver) dialMonitor(ctx context.Context, r *run) (*monitor.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, qmpHandshakeTimeout)
 	defer cancel()
 	mon, err := monitor.Dial(ctx, r.files.QMP, monitor.Options{OnEvent: r.onEvent})
 	if err != nil {
@@ -450,6 +455,9 @@ func (d *Driver) dialMonitor(ctx context.Context, r *run) (*monitor.Conn, error)
 		}
 		if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
 			return nil, errorf(ErrInterrupted, "start %s: interrupted", r.dm.name)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, errorf(ErrIO, "start %s: QMP: QEMU did not complete the monitor handshake within %v (is the process stopped or hung?): %w%s", r.dm.name, qmpHandshakeTimeout, err, logTail(r.files.Log))
 		}
 		return nil, errorf(ErrIO, "start %s: QMP: %w%s", r.dm.name, err, logTail(r.files.Log))
 	}
