@@ -168,6 +168,13 @@ func (d *Driver) loadDefinitions() error {
 		return fmt.Errorf("load definitions: %w", err)
 	}
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".xml.tmp") {
+			// A definition write that a crash interrupted before its
+			// rename (atomicfile): the old definition stands.
+			os.Remove(filepath.Join(d.inst.ConfigDir, e.Name()))
+			d.logf("removed %s, left by an interrupted definition write", e.Name())
+			continue
+		}
 		name, ok := strings.CutSuffix(e.Name(), ".xml")
 		if !ok || e.IsDir() {
 			continue
