@@ -202,7 +202,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 			return errorf(ErrIO, "save %s: stop: %w", name, err)
 		}
 		dm.transition(StateRunning, StatePaused, ReasonSaving, EventPaused)
-		fault.Point("save.paused")
+		fault.PointPid("save.paused", r.proc.Pid)
 		defer func() {
 			if err != nil {
 				r.resumeAfterFailedSave()

@@ -84,6 +84,22 @@ func tempLeft(dir string) []string {
 	return left
 }
 
+// unmountSettled unmounts, retrying while the kernel still holds a file
+// of the test's last request (its release is asynchronous).
+func unmountSettled(t *testing.T, m *harness.Mount) {
+	t.Helper()
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = m.Unmount(); err == nil || !strings.Contains(err.Error(), "busy") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // faultCase is one step at which the daemon dies.
 type faultCase struct {
 	point   string
@@ -228,9 +244,7 @@ func TestFaultDaemonKilled(t *testing.T) {
 			t.Parallel()
 			m := harness.Start(t, harness.Options{})
 			fc.setup(t, m)
-			if err := m.Unmount(); err != nil {
-				t.Fatal(err)
-			}
+			unmountSettled(t, m)
 			if err := m.MountEnv("QEMUFS_FAULT=" + fc.point); err != nil {
 				t.Fatal(err)
 			}
@@ -258,14 +272,18 @@ func TestFaultDaemonKilled(t *testing.T) {
 func TestFaultQEMUKilled(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		point   string
-		cmd     string
-		wantErr bool
+		point string
+		cmd   string
+		// wantErr: the operation fails with EIO; maybeErr: QEMU died
+		// after the last step that talks to it, so the operation may
+		// succeed and the supervisor then finds the guest crashed.
+		wantErr, maybeErr bool
+		state             string
 	}{
-		{"start.spawned", "start --paused", true},
-		{"start.monitor", "start --paused", true},
-		{"start.status", "start --paused", false},
-		{"save.paused", "save", true},
+		{"start.spawned", "start --paused", true, false, "shut off (failed)"},
+		{"start.monitor", "start --paused", false, true, "shut off"},
+		{"start.status", "start --paused", false, false, "shut off (crashed)"},
+		{"save.paused", "save", true, false, "shut off (crashed)"},
 	} {
 		t.Run(tc.point, func(t *testing.T) {
 			t.Parallel()
@@ -274,24 +292,31 @@ func TestFaultQEMUKilled(t *testing.T) {
 			if tc.cmd == "save" {
 				m.MustCtl("f", "start")
 			}
-			if err := m.Unmount(); err != nil {
-				t.Fatal(err)
-			}
+			unmountSettled(t, m)
 			if err := m.MountEnv("QEMUFS_FAULT=" + tc.point + ":qemu-kill"); err != nil {
 				t.Fatal(err)
 			}
 			daemon := m.DaemonPid()
 			err := m.Ctl("f", tc.cmd)
+			t.Logf("%s with QEMU killed at %s: %v", tc.cmd, tc.point, err)
 			switch {
+			case tc.maybeErr && err != nil && !errors.Is(err, syscall.EIO):
+				t.Errorf("got %v, want success or EIO", err)
 			case tc.wantErr && !errors.Is(err, syscall.EIO):
-				t.Errorf("%s with QEMU killed at %s: %v, want EIO", tc.cmd, tc.point, err)
-			case !tc.wantErr && err != nil:
-				t.Errorf("%s: %v", tc.cmd, err)
+				t.Errorf("got %v, want EIO", err)
+			case !tc.wantErr && !tc.maybeErr && err != nil:
+				t.Errorf("got %v, want success", err)
 			}
-			if tc.wantErr && !strings.Contains(m.ErrorOf("f"), "QEMU") && !strings.Contains(m.ErrorOf("f"), "monitor") {
+			if err != nil && !strings.Contains(m.ErrorOf("f"), "QEMU") && !strings.Contains(m.ErrorOf("f"), "monitor") {
 				t.Errorf("error = %q, want a reason naming QEMU or its monitor", m.ErrorOf("f"))
 			}
-			m.WaitState("f", "shut off ("+map[bool]string{true: "failed", false: "crashed"}[tc.point != "save.paused" && tc.wantErr]+")", 2*time.Minute)
+			deadline := time.Now().Add(2 * time.Minute)
+			for !strings.HasPrefix(m.State("f"), tc.state) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if got := m.State("f"); !strings.HasPrefix(got, tc.state) {
+				t.Errorf("state = %q, want %s", got, tc.state)
+			}
 			if left := m.RuntimeFiles("f"); len(left) > 0 {
 				t.Errorf("left behind: %v", left)
 			}
@@ -311,9 +336,7 @@ func TestFaultQMPHandshakeStall(t *testing.T) {
 	t.Parallel()
 	m := harness.Start(t, harness.Options{})
 	m.Define("f", cheapXML("f", 64))
-	if err := m.Unmount(); err != nil {
-		t.Fatal(err)
-	}
+	unmountSettled(t, m)
 	if err := m.MountEnv("QEMUFS_FAULT=start.spawned:qemu-stop"); err != nil {
 		t.Fatal(err)
 	}
@@ -409,8 +432,8 @@ func TestFaultQMPStopped(t *testing.T) {
 	if !errors.Is(r.err, syscall.EIO) {
 		t.Errorf("suspend of a stopped QEMU: %v, want EIO", r.err)
 	}
-	if msg := m.ErrorOf("a"); !strings.Contains(msg, "suspend") {
-		t.Errorf("error = %q, want the reason", msg)
+	if r.err == nil || !strings.Contains(r.err.Error(), "QEMU did not answer within") {
+		t.Errorf("suspend error %v does not give the reason", r.err)
 	}
 	select {
 	case r := <-mon:
