@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -192,7 +193,41 @@ func faultCases() []faultCase {
 		}
 		m.MustCtl("f", "destroy")
 	}
+	snapSetup := func(t *testing.T, m *harness.Mount) {
+		img := filepath.Join(m.Base, "f.qcow2")
+		if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "16M").CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img create: %v: %s", err, out)
+		}
+		m.Define("f", strings.Replace(cheapXML("f", 64), "<devices>", "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='"+img+"'/><target dev='vda' bus='virtio'/></disk>", 1))
+	}
+	snapCheck := func(listed bool) func(*testing.T, *harness.Mount) {
+		return func(t *testing.T, m *harness.Mount) {
+			entries, err := os.ReadDir(m.Path("f", "snapshots"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, e := range entries {
+				found = found || e.Name() == "s1"
+			}
+			if found != listed {
+				t.Errorf("snapshot s1 listed = %v, want %v", found, listed)
+			}
+			if listed {
+				if _, err := domain.Parse([]byte(m.Read("f", "snapshots", "s1", "snapshot.xml"))); err == nil {
+					t.Log("s1's metadata is whole")
+				}
+			}
+			t.Logf("image's internal snapshots after the crash:\n%s", imageSnapshots(t, filepath.Join(m.Base, "f.qcow2")))
+			if err := m.Ctl("f", "snapshot s1"); err != nil && listed == false {
+				t.Errorf("snapshot s1 again after the crash: %v", err)
+			}
+			m.MustCtl("f", "snapshot s2")
+		}
+	}
 	return []faultCase{
+		{"snapshot.taken", snapSetup, ctlOp("snapshot s1"), snapCheck(false)},
+		{"snapshot.saved", snapSetup, ctlOp("snapshot s1"), snapCheck(true)},
 		{"define.written", defineOld, define, checkDefinition(64)},
 		{"define.synced", defineOld, define, checkDefinition(64)},
 		{"define.renamed", defineOld, define, checkDefinition(96)},
@@ -450,4 +485,98 @@ func TestFaultQMPStopped(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGCONT)
 	m.MustCtl("a", "destroy")
 	m.MustCtl("b", "destroy")
+}
+
+// fill writes zeros to path until the filesystem is full.
+func fill(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill %s: %v", path, err)
+			}
+			return
+		}
+	}
+}
+
+// TestFaultDiskFull runs the instance on a small tmpfs and fills it: a new
+// definition and a managed save fail with a clear error (ENOSPC or EIO,
+// the reason in error), the previous definition stays whole, the guest
+// runs on; with room again, both work.
+func TestFaultDiskFull(t *testing.T) {
+	t.Parallel()
+	m := harness.Start(t, harness.Options{})
+	m.Define("f", cheapXML("f", 64))
+	unmountSettled(t, m)
+	orig := m.Root + ".orig"
+	if err := os.Rename(m.Root, orig); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(m.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", m.Root, "tmpfs", 0, "size=64m,mode=0755"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		m.Ctl("f", "destroy")
+		unmountSettled(t, m)
+		syscall.Unmount(m.Root, syscall.MNT_DETACH)
+	})
+	if out, err := exec.Command("cp", "-a", orig+"/.", m.Root+"/").CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	if err := m.Mount(); err != nil {
+		t.Fatal(err)
+	}
+	m.MustCtl("f", "start")
+	filler := filepath.Join(m.Root, "filler")
+	fill(t, filler)
+
+	err := m.Write(cheapXML("f", 96), "f", "config.xml")
+	t.Logf("define on a full disk: %v; error: %s", err, m.ErrorOf("f"))
+	if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EIO) {
+		t.Errorf("define on a full disk: %v, want ENOSPC or EIO", err)
+	}
+	if !strings.Contains(m.ErrorOf("f"), "no space left") {
+		t.Errorf("error = %q, want the reason (no space left on device)", m.ErrorOf("f"))
+	}
+	if got := memoryMiB(t, m, "f"); got != 64 {
+		t.Errorf("stored definition has %d MiB after a failed define, want the old 64", got)
+	}
+	if left := tempLeft(m.ConfigDir()); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+
+	err = m.Ctl("f", "save")
+	t.Logf("managed save on a full disk: %v", err)
+	if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EIO) {
+		t.Errorf("save on a full disk: %v, want ENOSPC or EIO", err)
+	}
+	if got := m.State("f"); !strings.HasPrefix(got, "running") {
+		t.Errorf("state after a failed save = %q, want running", got)
+	}
+	out, _ := exec.Command("find", m.Root, "-type", "f", "(", "-name", "*.tmp*", "-o", "-name", "*.save", ")").CombinedOutput()
+	if s := strings.TrimSpace(string(out)); s != "" {
+		t.Errorf("left by the failed save: %s", s)
+	}
+
+	os.Remove(filler)
+	if err := m.Write(cheapXML("f", 96), "f", "config.xml"); err != nil {
+		t.Fatalf("define with room again: %v (%s)", err, m.ErrorOf("f"))
+	}
+	if got := memoryMiB(t, m, "f"); got != 96 {
+		t.Errorf("stored definition has %d MiB, want 96", got)
+	}
+	m.MustCtl("f", "save")
+	if got := m.State("f"); got != "shut off (saved)" {
+		t.Errorf("state after save = %q", got)
+	}
 }
