@@ -143,6 +143,10 @@ func (d *Driver) checkName(name string) error {
 		return errorf(ErrInvalid, "domain name %q is not allowed", name)
 	case strings.ContainsRune(name, '/'):
 		return errorf(ErrInvalid, "domain name %q contains '/'", name)
+	case name == "nvram":
+		// lib/qemu/NAME is a guest's home, and lib/qemu/nvram holds
+		// every guest's UEFI variables: that guest's QEMU would own it.
+		return errorf(ErrInvalid, "domain name %q is reserved (the instance keeps every guest's NVRAM in lib/qemu/nvram)", name)
 	case strings.HasPrefix(name, "."):
 		return errorf(ErrInvalid, "domain name %q starts with '.'", name)
 	case strings.ContainsAny(name, "\x00\n"):
