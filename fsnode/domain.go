@@ -125,7 +125,8 @@ func (dd *domainDir) openConfig(ctx context.Context, flags uint32) (fs.FileHandl
 	// O_TRUNC arrives as a SETATTR that need not name this handle, and a
 	// definition is replaced whole, never patched in place.
 	d, name := dd.root.cfg.Driver, dd.name
-	h := &configHandle{define: func(b []byte) error { return d.Define(name, b) }, snapshot: cur}
+	h := &configHandle{define: func(b []byte) error { return d.Define(name, b) }, snapshot: cur,
+		refuse: func(msg string) { d.RecordError(name, msg) }}
 	return h, fuse.FOPEN_DIRECT_IO, nil
 }
 

@@ -155,7 +155,9 @@ func (h *osFileHandle) Release(ctx context.Context) syscall.Errno {
 // at close.
 type configHandle struct {
 	define   func(xml []byte) error // checks and stores a whole document
+	refuse   func(msg string)       // records why a write was refused (may be nil)
 	snapshot []byte
+	tooBig   bool // a write passed maxDocument: refused until truncated
 
 	mu        sync.Mutex
 	buf       []byte
@@ -175,17 +177,22 @@ func (h *configHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.R
 
 func (h *configHandle) truncate() {
 	h.mu.Lock()
-	h.buf, h.dirty, h.committed = h.buf[:0], true, false
+	h.buf, h.dirty, h.committed, h.tooBig = h.buf[:0], true, false, false
 	h.mu.Unlock()
 }
 
 func (h *configHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if end := off + int64(len(data)); end > int64(len(h.buf)) {
-		h.buf = append(h.buf, make([]byte, end-int64(len(h.buf)))...)
+	buf, ok := writeAt(h.buf, data, off)
+	if !ok || h.tooBig {
+		if !h.tooBig && h.refuse != nil {
+			h.refuse(errTooBig("config.xml"))
+		}
+		h.buf, h.tooBig, h.dirty = nil, true, false
+		return 0, syscall.EFBIG
 	}
-	copy(h.buf[off:], data)
+	h.buf = buf
 	h.dirty, h.committed = true, false
 	switch xmlComplete(h.buf) {
 	case xmlIncomplete:
@@ -415,6 +422,11 @@ var (
 func (h *fromNativeHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if len(h.in)+len(data) > maxDocument {
+		h.in, h.dirty = nil, false
+		h.out = []byte("error: " + errTooBig("from-native") + "\n")
+		return 0, syscall.EFBIG
+	}
 	h.in = append(h.in, data...)
 	h.dirty = true
 	if bytes.HasSuffix(h.in, []byte("\n")) {

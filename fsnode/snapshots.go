@@ -227,10 +227,12 @@ func (h *xmlCommitHandle) truncate() {
 func (h *xmlCommitHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if end := off + int64(len(data)); end > int64(len(h.buf)) {
-		h.buf = append(h.buf, make([]byte, end-int64(len(h.buf)))...)
+	buf, ok := writeAt(h.buf, data, off)
+	if !ok {
+		h.buf, h.dirty = nil, false
+		return 0, syscall.EFBIG
 	}
-	copy(h.buf[off:], data)
+	h.buf = buf
 	h.dirty = true
 	if xmlComplete(h.buf) != xmlIncomplete {
 		h.dirty = false
