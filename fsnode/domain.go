@@ -148,7 +148,8 @@ func (dd *domainDir) openLog(ctx context.Context, flags uint32) (fs.FileHandle, 
 	if err != nil {
 		return nil, 0, fmt.Errorf("log: %w", err)
 	}
-	return &osFileHandle{f: f}, fuse.FOPEN_DIRECT_IO, nil
+	f.Close() // readable now; each read opens it again (osFileHandle)
+	return &osFileHandle{path: p}, fuse.FOPEN_DIRECT_IO, nil
 }
 
 func (dd *domainDir) openConsole(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
