@@ -263,6 +263,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	r.autodestroy = o.Autodestroy
 	r.resetNVRAM = o.ResetNVRAM
 	r.live = def.Clone()
+	if err := d.checkCaller(ctx, r); err != nil { // driver/caller.go
+		return err
+	}
 	f := r.files
 
 	var undo []func()

@@ -132,7 +132,7 @@ func (dd *domainDir) openConfig(ctx context.Context, flags uint32) (fs.FileHandl
 
 func (dd *domainDir) openCtl(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
 	d, name := dd.root.cfg.Driver, dd.name
-	return &commandHandle{run: func(ctx context.Context, line string) error { return d.Control(ctx, name, line) }},
+	return &commandHandle{run: func(ctx context.Context, line string) error { return d.Control(withCaller(ctx), name, line) }},
 		fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil
 }
 
