@@ -14,7 +14,8 @@ import (
 	"github.com/qemufs/qemufs/tests/harness"
 )
 
-// loadWorker is one of the processes of TestLoad: it walks the domains
+// loadWorker is one of the processes of TestLoad (bash: dash reports
+// every failed echo as "I/O error", whatever the errno): it walks the domains
 // (its own stride, so that workers race on the same domains), reading
 // state and pid and writing suspend and resume to ctl, until it has done
 // $5 rounds or $4 seconds have passed. Each failed request prints one line
@@ -108,7 +109,7 @@ func TestLoad(t *testing.T) {
 	outs := make([]bytes.Buffer, workers)
 	cmds := make([]*exec.Cmd, workers)
 	for w := 0; w < workers; w++ {
-		cmds[w] = exec.Command("sh", "-c", loadWorker, "-", strconv.Itoa(n), strconv.Itoa(w), m.Dir, strconv.Itoa(secs), "100000")
+		cmds[w] = exec.Command("bash", "-c", loadWorker, "-", strconv.Itoa(n), strconv.Itoa(w), m.Dir, strconv.Itoa(secs), "100000")
 		cmds[w].Stdout = &outs[w]
 		cmds[w].Stderr = &outs[w]
 		if err := cmds[w].Start(); err != nil {
