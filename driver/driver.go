@@ -84,6 +84,7 @@ type dom struct {
 	reason    string
 	lastErr   string
 	run       *run // non-nil while QEMU runs
+	pending   *run // a re-attached QEMU whose monitor has not answered yet (reattach_pending.go)
 	removed   bool
 
 	events *stream.Log // lifecycle events; lives across runs
@@ -458,6 +459,7 @@ func (d *Driver) Close() {
 		dm.mu.Lock()
 		r := dm.run
 		dm.mu.Unlock()
+		dm.stopPending()
 		if r == nil {
 			continue
 		}

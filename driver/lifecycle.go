@@ -229,8 +229,11 @@ func (d *Driver) startLocked(ctx context.Context, dm *dom, o StartOptions) error
 	dm.op.Lock()
 	defer dm.op.Unlock()
 	dm.mu.Lock()
-	def, active := dm.def, dm.run != nil
+	def, active, pending := dm.def, dm.run != nil, dm.pendingBusy("start")
 	dm.mu.Unlock()
+	if pending != nil {
+		return pending
+	}
 	if def == nil {
 		return errorf(ErrInvalid, "start %s: the domain is not defined: write its config.xml first", dm.name)
 	}
@@ -445,6 +448,7 @@ const qmpHandshakeTimeout = 60 * time.Second
 // dialMonitor connects to QEMU's QMP socket. If QEMU dies while starting,
 // the error carries the reason QEMU printed.
 func (d *Driver) dialMonitor(ctx context.Context, r *run) (*monitor.Conn, error) {
+	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, qmpHandshakeTimeout)
 	defer cancel()
 	mon, err := monitor.Dial(ctx, r.files.QMP, monitor.Options{OnEvent: r.onEvent})
@@ -460,7 +464,7 @@ func (d *Driver) dialMonitor(ctx context.Context, r *run) (*monitor.Conn, error)
 			return nil, errorf(ErrInterrupted, "start %s: interrupted", r.dm.name)
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, errorf(ErrIO, "start %s: QMP: QEMU did not complete the monitor handshake within %v (is the process stopped or hung?): %w%s", r.dm.name, qmpHandshakeTimeout, err, logTail(r.files.Log))
+			return nil, errorf(ErrIO, "start %s: QMP: QEMU did not complete the monitor handshake within %v (is the process stopped or hung?): %w%s", r.dm.name, time.Since(t0).Round(time.Second), err, logTail(r.files.Log))
 		}
 		return nil, errorf(ErrIO, "start %s: QMP: %w%s", r.dm.name, err, logTail(r.files.Log))
 	}
@@ -510,6 +514,9 @@ func (d *Driver) shutdown(ctx context.Context, dm *dom, timeout time.Duration) e
 // destroy ends QEMU at once (SIGTERM, SIGKILL after 10 s) and waits for
 // the cleanup. The caller holds dm.op.
 func (d *Driver) destroy(ctx context.Context, dm *dom, reason string) error {
+	if ok, err := d.destroyPending(ctx, dm); ok {
+		return err
+	}
 	r, err := dm.activeRun("destroy")
 	if err != nil {
 		return err
