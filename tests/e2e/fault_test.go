@@ -580,3 +580,65 @@ func TestFaultDiskFull(t *testing.T) {
 		t.Errorf("state after save = %q", got)
 	}
 }
+
+// TestFaultReattachStopped kills the daemon while a guest's QEMU is
+// stopped (SIGSTOP), and mounts again: the mount must not wait on the
+// silent QEMU for long, the other guest is re-attached, and the stopped
+// guest's state and error say what is going on.
+func TestFaultReattachStopped(t *testing.T) {
+	t.Parallel()
+	m := harness.Start(t, harness.Options{})
+	m.Define("a", cheapXML("a", 64))
+	m.Define("b", cheapXML("b", 64))
+	m.Define("c", cheapXML("c", 64))
+	m.MustCtl("a", "start --paused")
+	m.MustCtl("b", "start --paused")
+	m.MustCtl("c", "start --paused")
+	pa, pb, pc := m.Pid("a"), m.Pid("b"), m.Pid("c")
+	for _, p := range []int{pa, pc} {
+		if err := syscall.Kill(p, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		p := p
+		t.Cleanup(func() { syscall.Kill(p, syscall.SIGCONT) })
+	}
+	m.KillDaemon()
+	t0 := time.Now()
+	if err := m.Remount(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("mount with a stopped QEMU took %v", time.Since(t0).Round(time.Millisecond))
+	t.Logf("a: state %q, pid %d, error %q", m.State("a"), m.Pid("a"), m.ErrorOf("a"))
+	if got := m.State("b"); got != "paused (user)" || m.Pid("b") != pb {
+		t.Errorf("b: state %q pid %d, want paused (user) with pid %d", got, m.Pid("b"), pb)
+	}
+	if m.Pid("a") != pa && harness.Alive(pa) {
+		t.Errorf("a: QEMU %d alive but a shows pid %d, state %q", pa, m.Pid("a"), m.State("a"))
+	}
+	if err := m.Ctl("a", "start"); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("start while the re-attach is pending: %v, want EBUSY", err)
+	}
+	// destroy kills a QEMU whose re-attach is pending.
+	if err := m.Ctl("c", "destroy"); err != nil {
+		t.Errorf("destroy of a pending guest: %v", err)
+	}
+	if got := m.State("c"); got != "shut off (destroyed)" {
+		t.Errorf("c after destroy: %q", got)
+	}
+	if harness.WaitGone(pc, time.Minute); harness.Alive(pc) {
+		t.Errorf("c: QEMU %d alive after destroy", pc)
+	}
+	if left := m.RuntimeFiles("c"); len(left) > 0 {
+		t.Errorf("c: left behind: %v", left)
+	}
+	syscall.Kill(pa, syscall.SIGCONT)
+	deadline := time.Now().Add(2 * time.Minute)
+	for m.State("a") != "paused (user)" && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := m.State("a"); got != "paused (user)" {
+		t.Errorf("a after SIGCONT: state %q, want paused (user) (error: %s)", got, m.ErrorOf("a"))
+	}
+	m.Ctl("a", "destroy")
+	m.Ctl("b", "destroy")
+}
