@@ -488,7 +488,7 @@ func (d *Driver) shutdown(ctx context.Context, dm *dom, timeout time.Duration) e
 		return err
 	}
 	d.appendLog(r.files.Log, "shutdown requested (ACPI power button)")
-	fault.Point("shutdown.requested")
+	fault.PointPid("shutdown.requested", r.proc.Pid)
 	var expire <-chan time.Time
 	if timeout > 0 {
 		t := time.NewTimer(timeout)

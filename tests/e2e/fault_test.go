@@ -319,12 +319,13 @@ func TestFaultQEMUKilled(t *testing.T) {
 		{"start.monitor", "start --paused", false, true, "shut off"},
 		{"start.status", "start --paused", false, false, "shut off (crashed)"},
 		{"save.paused", "save", true, false, "shut off (crashed)"},
+		{"shutdown.requested", "shutdown", false, true, "shut off"},
 	} {
 		t.Run(tc.point, func(t *testing.T) {
 			t.Parallel()
 			m := harness.Start(t, harness.Options{})
 			m.Define("f", cheapXML("f", 64))
-			if tc.cmd == "save" {
+			if tc.cmd == "save" || tc.cmd == "shutdown" {
 				m.MustCtl("f", "start")
 			}
 			unmountSettled(t, m)
