@@ -128,3 +128,29 @@ func under(path string, dirs []string) bool {
 	}
 	return false
 }
+
+// checkCallerPath refuses (EACCES) a host path that a command names
+// (save FILE, restore FILE) when a non-root caller could not use it
+// itself: the daemon writes and reads it as root, so without this a
+// member of admin_group could have a save image written into /etc or read
+// any file as an image.
+func checkCallerPath(ctx context.Context, op, name, path string, readOnly bool) error {
+	c, ok := callerFrom(ctx)
+	if !ok || c.UID == 0 {
+		return nil
+	}
+	id := dac.Identity{UID: c.UID, GID: c.GID, Groups: c.Groups}
+	if err := callerMay(id, path, readOnly); err != nil {
+		return errorf(ErrPerm, "%s %s: %s: %v; qemufs reads and writes only what the user asking (uid %d) may", op, name, path, err, c.UID)
+	}
+	return nil
+}
+
+// giveToCaller makes a file qemufs wrote at a non-root caller's request
+// (save FILE) the caller's, so that it can read it back (restore FILE
+// checks that it may).
+func giveToCaller(ctx context.Context, path string) {
+	if c, ok := callerFrom(ctx); ok && c.UID != 0 {
+		os.Chown(path, int(c.UID), int(c.GID))
+	}
+}

@@ -49,7 +49,15 @@ func init() {
 			if !filepath.IsAbs(args[0]) {
 				return errorf(ErrInvalid, "save %s: FILE must be an absolute path, got %q", dm.name, args[0])
 			}
-			return d.save(ctx, dm, filepath.Clean(args[0]), false)
+			path := filepath.Clean(args[0])
+			if err := checkCallerPath(ctx, "save", dm.name, path, false); err != nil { // caller.go
+				return err
+			}
+			if err := d.save(ctx, dm, path, false); err != nil {
+				return err
+			}
+			giveToCaller(ctx, path)
+			return nil
 		}
 		return errBadArgs
 	})
@@ -73,6 +81,9 @@ func init() {
 		}
 		if !filepath.IsAbs(file) {
 			return errorf(ErrInvalid, "restore %s: FILE must be an absolute path, got %q", dm.name, file)
+		}
+		if err := checkCallerPath(ctx, "restore", dm.name, filepath.Clean(file), true); err != nil { // caller.go
+			return err
 		}
 		return d.restoreFile(ctx, dm, filepath.Clean(file), o)
 	})
