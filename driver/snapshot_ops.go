@@ -160,6 +160,13 @@ func (d *Driver) takeSnapshot(ctx context.Context, name string, req *snapRequest
 	}
 	sn.Memory = memory
 	for _, p := range plans {
+		if p.mode == modeExternal { // the overlay is made as root: caller.go
+			if err := checkCallerPath(ctx, "snapshot", name, p.overlay, false); err != nil {
+				return "", err
+			}
+		}
+	}
+	for _, p := range plans {
 		sd := snapDisk{Name: p.target, Snapshot: p.mode}
 		if p.mode == modeExternal {
 			sd.Source, sd.Format = p.overlay, "qcow2"

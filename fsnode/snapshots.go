@@ -44,7 +44,7 @@ func (sd *snapshotsDir) OnAdd(ctx context.Context) {
 		return &xmlCommitHandle{commit: func(ctx context.Context, xml []byte) error {
 			ctx, cancel := userInterrupts(ctx)
 			defer cancel()
-			_, err := d.SnapshotCreateXML(ctx, name, xml)
+			_, err := d.SnapshotCreateXML(withCaller(ctx), name, xml)
 			return err
 		}}, fuse.FOPEN_DIRECT_IO, nil
 	})
