@@ -307,3 +307,72 @@ func TestHostileHandles(t *testing.T) {
 	}
 	m.MustCtl("h", "destroy")
 }
+
+// TestHostileCommandPaths: host paths named in commands (save FILE,
+// restore FILE, an external snapshot's overlay) are used by the daemon as
+// root, so a user gets only paths it could use itself: no image written
+// into /etc, no file of root's read as an image, no overlay made where it
+// may not write; in its own directory all of them work.
+func TestHostileCommandPaths(t *testing.T) {
+	t.Parallel()
+	m := hostileMount(t)
+	uid, gid := testIDs(t)
+	home := filepath.Join(m.Base, "home")
+	os.Mkdir(home, 0o755)
+	os.Chown(home, uid, gid)
+	secret := filepath.Join(m.Base, "secret")
+	os.WriteFile(secret, []byte("root's secret\n"), 0o600)
+	ctl := func(name, cmd string) (string, error) {
+		return asTestUser(true, nil, "bash", "-c", `echo "$2" > "$1"`, "-", m.Path(name, "ctl"), cmd)
+	}
+	m.Define("c", cheapXML("c", 64))
+	if out, err := ctl("c", "start"); err != nil {
+		t.Fatalf("start as the user: %v %s (%s)", err, out, m.ErrorOf("c"))
+	}
+	for _, cmd := range []string{"save /etc/qemufs-evil.img", "save " + secret} {
+		if out, err := ctl("c", cmd); err == nil || !strings.Contains(out, denied) {
+			t.Errorf("%s: %v %q, want EACCES (error: %s)", cmd, err, strings.TrimSpace(out), m.ErrorOf("c"))
+		} else {
+			t.Logf("%s: %s", cmd, m.ErrorOf("c"))
+		}
+	}
+	if _, err := os.Lstat("/etc/qemufs-evil.img"); err == nil {
+		os.Remove("/etc/qemufs-evil.img")
+		t.Error("a save image was written into /etc")
+	}
+	if got := m.State("c"); !strings.HasPrefix(got, "running") {
+		t.Errorf("state after refused saves = %q", got)
+	}
+	img := filepath.Join(home, "c.img")
+	if out, err := ctl("c", "save "+img); err != nil {
+		t.Fatalf("save into the user's directory: %v %s (%s)", err, out, m.ErrorOf("c"))
+	}
+	if out, err := ctl("c", "restore "+secret); err == nil || !strings.Contains(out, denied) {
+		t.Errorf("restore of root's file: %v %q, want EACCES", err, strings.TrimSpace(out))
+	}
+	if out, err := ctl("c", "restore "+img+" --paused"); err != nil {
+		t.Errorf("restore of the user's image: %v %s (%s)", err, out, m.ErrorOf("c"))
+	}
+	m.Ctl("c", "destroy")
+
+	// An external snapshot's overlay where the user may not write.
+	disk := filepath.Join(home, "d.qcow2")
+	if out, err := asTestUser(true, nil, "qemu-img", "create", "-q", "-f", "qcow2", disk, "16M"); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
+	m.Define("s", strings.Replace(cheapXML("s", 64), "<devices>", "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='"+disk+"'/><target dev='vda' bus='virtio'/></disk>", 1))
+	snap := func(overlay string) (string, error) {
+		x := "<domainsnapshot><name>x</name><disks><disk name='vda' snapshot='external'><source file='" + overlay + "'/></disk></disks></domainsnapshot>"
+		return asTestUser(true, nil, "bash", "-c", `echo "$2" > "$1"`, "-", m.Path("s", "snapshots", "create"), x)
+	}
+	if out, err := snap("/etc/qemufs-evil.qcow2"); err == nil || !strings.Contains(out, denied) {
+		t.Errorf("overlay in /etc: %v %q, want EACCES (error: %s)", err, strings.TrimSpace(out), m.ErrorOf("s"))
+	}
+	if _, err := os.Lstat("/etc/qemufs-evil.qcow2"); err == nil {
+		os.Remove("/etc/qemufs-evil.qcow2")
+		t.Error("an overlay was made in /etc")
+	}
+	if out, err := snap(filepath.Join(home, "d.overlay.qcow2")); err != nil {
+		t.Errorf("overlay in the user's directory: %v %s (%s)", err, out, m.ErrorOf("s"))
+	}
+}
