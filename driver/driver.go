@@ -121,6 +121,7 @@ func New(opts Options) (*Driver, error) {
 	if err := d.loadDefinitions(); err != nil {
 		return nil, err
 	}
+	d.removeSaveTemps() // startjournal.go
 	d.reattachAll()
 	return d, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/qemufs/qemufs/procmgr"
 )
@@ -78,4 +79,19 @@ func (d *Driver) undoStart(name string, st *status) error {
 	dm.lastErr = fmt.Sprintf("start %s: interrupted: qemufs ended before the start had finished; %s and the start undone", name, what)
 	dm.mu.Unlock()
 	return nil
+}
+
+// removeSaveTemps removes the temporary images of managed saves that a
+// daemon killed mid-save left in lib/qemu/.save (the guest itself is
+// re-attached, paused, and the previous image, if any, is untouched). A
+// save to a FILE of the user's leaves its temporary next to FILE, in a
+// directory qemufs does not own: that one is the user's to remove
+// (docs/reliability.md).
+func (d *Driver) removeSaveTemps() {
+	tmps, _ := filepath.Glob(filepath.Join(filepath.Dir(d.managedSavePath("x")), ".*.save.tmp*"))
+	for _, p := range tmps {
+		if os.Remove(p) == nil {
+			d.logf("removed %s, left by an interrupted managed save", filepath.Base(p))
+		}
+	}
 }
