@@ -257,6 +257,22 @@ func faultCases() []faultCase {
 		}},
 		{"save.paused", setupSave, func(_ *testing.T, m *harness.Mount) error { return m.Ctl("f", "save "+saveImage(m)) }, checkUnsaved},
 		{"save.streamed", setupSave, func(_ *testing.T, m *harness.Mount) error { return m.Ctl("f", "save "+saveImage(m)) }, checkUnsaved},
+		{"save.streamed:managed", setupSave, ctlOp("save"), func(t *testing.T, m *harness.Mount) {
+			dir := filepath.Join(m.Root, "lib/qemu/.save")
+			if left := tempLeft(dir); len(left) > 0 {
+				t.Errorf("temporary images left in %s: %v", dir, left)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "f.save")); err == nil {
+				t.Error("an interrupted managed save left an image")
+			}
+			checkPaused(t, m)
+			m.MustCtl("f", "destroy")
+			m.MustCtl("f", "start --paused") // no managed save: a fresh start
+			if got := m.State("f"); got != "paused (user)" {
+				t.Errorf("start after the interrupted managed save: %q", got)
+			}
+			m.MustCtl("f", "destroy")
+		}},
 		{"save.renamed", setupSave, func(_ *testing.T, m *harness.Mount) error { return m.Ctl("f", "save "+saveImage(m)) }, func(t *testing.T, m *harness.Mount) {
 			// The image is in place and whole; QEMU had not been ended yet.
 			checkPaused(t, m)
@@ -280,7 +296,8 @@ func TestFaultDaemonKilled(t *testing.T) {
 			m := harness.Start(t, harness.Options{})
 			fc.setup(t, m)
 			unmountSettled(t, m)
-			if err := m.MountEnv("QEMUFS_FAULT=" + fc.point); err != nil {
+			// A ":managed" suffix only names a variant of the case.
+			if err := m.MountEnv("QEMUFS_FAULT=" + strings.TrimSuffix(fc.point, ":managed")); err != nil {
 				t.Fatal(err)
 			}
 			daemon := m.DaemonPid()
