@@ -20,6 +20,7 @@ import (
 	"github.com/qemufs/qemufs/capabilities"
 	"github.com/qemufs/qemufs/domain"
 	"github.com/qemufs/qemufs/instance"
+	"github.com/qemufs/qemufs/internal/atomicfile"
 	"github.com/qemufs/qemufs/network"
 	"github.com/qemufs/qemufs/secrets"
 	"github.com/qemufs/qemufs/security"
@@ -94,6 +95,7 @@ type dom struct {
 	reason    string
 	lastErr   string
 	run       *run // non-nil while QEMU runs
+	pending   *run // a re-attached QEMU whose monitor has not answered yet (reattach_pending.go)
 	removed   bool
 
 	events *stream.Log // lifecycle events; lives across runs
@@ -134,6 +136,7 @@ func New(opts Options) (*Driver, error) {
 	if err := d.loadDefinitions(); err != nil {
 		return nil, err
 	}
+	d.removeSaveTemps() // startjournal.go
 	d.reattachAll()
 	return d, nil
 }
@@ -157,6 +160,10 @@ func (d *Driver) checkName(name string) error {
 		return errorf(ErrInvalid, "domain name %q is not allowed", name)
 	case strings.ContainsRune(name, '/'):
 		return errorf(ErrInvalid, "domain name %q contains '/'", name)
+	case name == "nvram":
+		// lib/qemu/NAME is a guest's home, and lib/qemu/nvram holds
+		// every guest's UEFI variables: that guest's QEMU would own it.
+		return errorf(ErrInvalid, "domain name %q is reserved (the instance keeps every guest's NVRAM in lib/qemu/nvram)", name)
 	case strings.HasPrefix(name, "."):
 		return errorf(ErrInvalid, "domain name %q starts with '.'", name)
 	case strings.ContainsAny(name, "\x00\n"):
@@ -182,6 +189,13 @@ func (d *Driver) loadDefinitions() error {
 		return fmt.Errorf("load definitions: %w", err)
 	}
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".xml.tmp") {
+			// A definition write that a crash interrupted before its
+			// rename (atomicfile): the old definition stands.
+			os.Remove(filepath.Join(d.inst.ConfigDir, e.Name()))
+			d.logf("removed %s, left by an interrupted definition write", e.Name())
+			continue
+		}
 		name, ok := strings.CutSuffix(e.Name(), ".xml")
 		if !ok || e.IsDir() {
 			continue
@@ -305,7 +319,7 @@ func (d *Driver) Define(name string, xml []byte) (err error) {
 		return errorf(ErrExist, "define %s: UUID %s is already used by domain %q", name, def.UUID(), other)
 	}
 	out := def.XML()
-	if err := writeFileAtomic(d.defPath(name), out, 0o600); err != nil {
+	if err := atomicfile.WriteFileSteps(d.defPath(name), out, 0o600, "define"); err != nil {
 		return errorf(ErrIO, "define %s: %w", name, err)
 	}
 	dm.mu.Lock()
@@ -461,6 +475,7 @@ func (d *Driver) Close() {
 		dm.mu.Lock()
 		r := dm.run
 		dm.mu.Unlock()
+		dm.stopPending()
 		if r == nil {
 			continue
 		}

@@ -527,6 +527,9 @@ func (d *Driver) hotplug(ctx context.Context, r *run, live *domain.Domain, devs 
 		if err != nil {
 			return fail(errorf(ErrInvalid, "attach %s: %w", name, err))
 		}
+		if err := checkCallerDevice(ctx, "attach", name, v); err != nil {
+			return fail(err)
+		}
 		files, err := deviceFiles(v, true)
 		if err != nil {
 			return fail(errorf(ErrInvalid, "attach %s: %w", name, err))
@@ -876,6 +879,9 @@ func (d *Driver) changeMedia(ctx context.Context, r *run, live *domain.Domain, c
 	st, err := d.hotplugState(r)
 	if err != nil {
 		return errorf(ErrIO, "update %s: %w", name, err)
+	}
+	if err := checkCallerDevice(ctx, "update", name, ch.New); err != nil {
+		return err
 	}
 	oldFiles, newFiles := diskFiles(ch.Old), diskFiles(ch.New)
 	same := len(oldFiles) > 0 && len(newFiles) > 0 && oldFiles[0].Path == newFiles[0].Path

@@ -14,6 +14,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/internal/fault"
 	"github.com/qemufs/qemufs/monitor"
 	"github.com/qemufs/qemufs/procmgr"
 )
@@ -270,8 +271,11 @@ func (d *Driver) startLocked(ctx context.Context, dm *dom, o StartOptions) error
 	dm.op.Lock()
 	defer dm.op.Unlock()
 	dm.mu.Lock()
-	def, active := dm.def, dm.run != nil
+	def, active, pending := dm.def, dm.run != nil, dm.pendingBusy("start")
 	dm.mu.Unlock()
+	if pending != nil {
+		return pending
+	}
 	if def == nil {
 		return errorf(ErrInvalid, "start %s: the domain is not defined: write its config.xml first", dm.name)
 	}
@@ -305,6 +309,9 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	r.resetNVRAM = o.ResetNVRAM
 	r.live = def.Clone()
 	prepareChannels(r)
+	if err := d.checkCaller(ctx, r); err != nil { // driver/caller.go
+		return err
+	}
 	f := r.files
 
 	var undo []func()
@@ -320,6 +327,10 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return errorf(ErrIO, "start %s: %w", name, err)
 	}
 	undo = append(undo, func() { os.RemoveAll(f.DomDir) })
+	if err := r.writeStarting(); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
+	}
+	undo = append(undo, func() { os.Remove(f.Status) })
 
 	// QEMU gets a socket that already listens, so qemufs can connect
 	// at once instead of polling for the socket to appear.
@@ -403,12 +414,16 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	undo = append(undo, func() { d.restoreSecurity(r) })
+	fault.Point("start.prepared")
 	if err := d.startTPM(ctx, r, &spec); err != nil {
 		return err
 	}
 	undo = append(undo, r.stopTPM)
 	if err := d.checkKVM(r.live, spec.Credential); err != nil {
 		return errorf(ErrInvalid, "start %s: %w", name, err)
+	}
+	if err := r.writeStarting(); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
 	}
 
 	d.logStart(r, &spec)
@@ -423,6 +438,10 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		os.Remove(f.PidFile)
 		d.appendLog(f.Log, "shutting down, reason=failed")
 	})
+	if err := r.writeStarting(); err != nil {
+		return errorf(ErrIO, "start %s: %w", name, err)
+	}
+	fault.PointPid("start.spawned", proc.Pid)
 	qmpFile.Close()
 	go r.handleEvents()
 	undo = append(undo, func() { r.evq.end() })
@@ -432,6 +451,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 		return err
 	}
 	undo = append(undo, func() { mon.Close() })
+	fault.PointPid("start.monitor", proc.Pid)
 	if err := d.attachConsole(ctx, r, false); err != nil {
 		d.appendLog(f.Log, "console: %v", err)
 	}
@@ -482,6 +502,7 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	if err := r.saveStatus(); err != nil {
 		return errorf(ErrIO, "start %s: %w", name, err)
 	}
+	fault.PointPid("start.status", proc.Pid)
 	dm.publish(EventStarted, booted)
 	if o.Paused {
 		dm.publish(EventPaused, pausedReason)
@@ -491,10 +512,16 @@ func (d *Driver) start(ctx context.Context, dm *dom, def *domain.Domain, o Start
 	return nil
 }
 
+// qmpHandshakeTimeout bounds the QMP greeting and negotiation at start
+// (docs/reliability.md); every later command is bounded by
+// monitor.DefaultCommandTimeout.
+const qmpHandshakeTimeout = 60 * time.Second
+
 // dialMonitor connects to QEMU's QMP socket. If QEMU dies while starting,
 // the error carries the reason QEMU printed.
 func (d *Driver) dialMonitor(ctx context.Context, r *run) (*monitor.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, qmpHandshakeTimeout)
 	defer cancel()
 	mon, err := monitor.Dial(ctx, r.files.QMP, monitor.Options{OnEvent: r.onEvent})
 	if err != nil {
@@ -507,6 +534,9 @@ func (d *Driver) dialMonitor(ctx context.Context, r *run) (*monitor.Conn, error)
 		}
 		if ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
 			return nil, errorf(ErrInterrupted, "start %s: interrupted", r.dm.name)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, errorf(ErrIO, "start %s: QMP: QEMU did not complete the monitor handshake within %v (is the process stopped or hung?): %w%s", r.dm.name, time.Since(t0).Round(time.Second), err, logTail(r.files.Log))
 		}
 		return nil, errorf(ErrIO, "start %s: QMP: %w%s", r.dm.name, err, logTail(r.files.Log))
 	}
@@ -530,6 +560,7 @@ func (d *Driver) shutdown(ctx context.Context, dm *dom, timeout time.Duration) e
 		return err
 	}
 	d.appendLog(r.files.Log, "shutdown requested (ACPI power button)")
+	fault.PointPid("shutdown.requested", r.proc.Pid)
 	var expire <-chan time.Time
 	if timeout > 0 {
 		t := time.NewTimer(timeout)
@@ -555,11 +586,15 @@ func (d *Driver) shutdown(ctx context.Context, dm *dom, timeout time.Duration) e
 // destroy ends QEMU at once (SIGTERM, SIGKILL after 10 s) and waits for
 // the cleanup. The caller holds dm.op.
 func (d *Driver) destroy(ctx context.Context, dm *dom, reason string) error {
+	if ok, err := d.destroyPending(ctx, dm); ok {
+		return err
+	}
 	r, err := dm.activeRun("destroy")
 	if err != nil {
 		return err
 	}
 	r.kill(reason)
+	fault.Point("destroy.signalled")
 	select {
 	case <-r.done:
 		return nil

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/internal/fault"
 )
 
 // Reasons of the save and restore states, with libvirt's names.
@@ -50,7 +51,15 @@ func init() {
 			if !filepath.IsAbs(args[0]) {
 				return errorf(ErrInvalid, "save %s: FILE must be an absolute path, got %q", dm.name, args[0])
 			}
-			return d.save(ctx, dm, filepath.Clean(args[0]), false)
+			path := filepath.Clean(args[0])
+			if err := checkCallerPath(ctx, "save", dm.name, path, false); err != nil { // caller.go
+				return err
+			}
+			if err := d.save(ctx, dm, path, false); err != nil {
+				return err
+			}
+			giveToCaller(ctx, path)
+			return nil
 		}
 		return errBadArgs
 	})
@@ -74,6 +83,9 @@ func init() {
 		}
 		if !filepath.IsAbs(file) {
 			return errorf(ErrInvalid, "restore %s: FILE must be an absolute path, got %q", dm.name, file)
+		}
+		if err := checkCallerPath(ctx, "restore", dm.name, filepath.Clean(file), true); err != nil { // caller.go
+			return err
 		}
 		return d.restoreFile(ctx, dm, filepath.Clean(file), o)
 	})
@@ -213,6 +225,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 		}); err != nil {
 			return errorf(ErrIO, "save %s: stop: %w", name, err)
 		}
+		fault.PointPid("save.paused", r.proc.Pid)
 		defer func() {
 			if err != nil {
 				r.resumeAfterFailedSave()
@@ -251,6 +264,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 		return werr
 	}
 
+	fault.Point("save.streamed")
 	// The stream is in: complete the header and put the image in place.
 	hdr.StreamLen = uint64(n)
 	if _, err := tmp.WriteAt(hdr.bytes(), 0); err != nil {
@@ -266,6 +280,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 		return errorf(ErrIO, "save %s: %w", name, err)
 	}
 	syncDir(dir)
+	fault.Point("save.renamed")
 	d.appendLog(r.files.Log, "saved %d bytes of guest state to %s in %s", n, path, time.Since(t0).Round(time.Millisecond))
 
 	// QEMU is done with this guest: end it; cleanup records "saved".

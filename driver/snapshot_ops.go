@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qemufs/qemufs/domain"
+	"github.com/qemufs/qemufs/internal/fault"
 	"github.com/qemufs/qemufs/security"
 )
 
@@ -159,6 +160,13 @@ func (d *Driver) takeSnapshot(ctx context.Context, name string, req *snapRequest
 	}
 	sn.Memory = memory
 	for _, p := range plans {
+		if p.mode == modeExternal { // the overlay is made as root: caller.go
+			if err := checkCallerPath(ctx, "snapshot", name, p.overlay, false); err != nil {
+				return "", err
+			}
+		}
+	}
+	for _, p := range plans {
 		sd := snapDisk{Name: p.target, Snapshot: p.mode}
 		if p.mode == modeExternal {
 			sd.Source, sd.Format = p.overlay, "qcow2"
@@ -190,6 +198,7 @@ func (d *Driver) takeSnapshot(ctx context.Context, name string, req *snapRequest
 	if err != nil {
 		return "", err
 	}
+	fault.Point("snapshot.taken")
 	if err := d.saveSnapshotNVRAM(name, sn.Name, cur); err != nil {
 		if undo != nil {
 			undo()
@@ -203,6 +212,7 @@ func (d *Driver) takeSnapshot(ctx context.Context, name string, req *snapRequest
 		d.removeSnapshotNVRAM(name, sn.Name)
 		return "", errorf(ErrIO, "snapshot %s: metadata of %s: %w", name, sn.Name, err)
 	}
+	fault.Point("snapshot.saved")
 	s.mu.Lock()
 	s.byName[sn.Name] = sn
 	s.current = sn.Name

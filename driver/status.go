@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
+	"sync"
 
 	"github.com/digitalocean/go-qemu/qmp/raw"
 
@@ -34,6 +34,7 @@ type status struct {
 	Taints      []string         `json:"taints,omitempty"`
 	TPM         *tpmStatus       `json:"tpm,omitempty"` // the guest's swtpm
 	Live        string           `json:"live"`
+	Starting    bool             `json:"starting,omitempty"` // an unfinished start (startjournal.go)
 }
 
 // saveStatus writes the status file. It lives on the run directory, whose
@@ -74,12 +75,22 @@ func (r *run) saveStatus() error {
 // crash.
 func (d *Driver) reattachAll() {
 	paths, _ := filepath.Glob(filepath.Join(d.inst.RunDir, "*.status"))
+	// A few at a time: a guest whose QEMU does not answer must not
+	// delay the others by its whole dial bound.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
 	for _, p := range paths {
 		name := strings.TrimSuffix(filepath.Base(p), ".status")
-		if err := d.reattach(name, p); err != nil {
-			d.logf("re-attach %s: %v", name, err)
-		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(name, p string) {
+			defer func() { <-sem; wg.Done() }()
+			if err := d.reattach(name, p); err != nil {
+				d.logf("re-attach %s: %v", name, err)
+			}
+		}(name, p)
 	}
+	wg.Wait()
 }
 
 func (d *Driver) reattach(name, path string) error {
@@ -91,6 +102,9 @@ func (d *Driver) reattach(name, path string) error {
 	if err := json.Unmarshal(data, &st); err != nil {
 		os.Remove(path)
 		return fmt.Errorf("bad status file %s removed: %w", path, err)
+	}
+	if st.Starting {
+		return d.undoStart(name, &st)
 	}
 	live, err := domain.Parse([]byte(st.Live))
 	if err != nil {
@@ -141,18 +155,22 @@ func (d *Driver) reattach(name, path string) error {
 	if r.spicePort > 0 {
 		d.ports.Reserve(r.spicePort)
 	}
-	go r.handleEvents()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), reattachDialTimeout)
 	defer cancel()
 	if _, err := d.dialMonitor(ctx, r); err != nil {
-		// A QEMU that exists but will not talk cannot be managed; say so
-		// and leave it alone rather than kill a guest.
-		r.evq.end()
-		dm.mu.Lock()
-		dm.lastErr = fmt.Sprintf("re-attach: %v; QEMU pid %d left running unmanaged", err, st.Pid)
-		dm.mu.Unlock()
-		return err
+		// A QEMU that exists but will not talk (stopped, wedged) is
+		// still the guest: keep it, and take it over once it answers
+		// (driver/reattach_pending.go).
+		return d.reattachPending(dm, r, &st, err)
 	}
+	return d.finishReattach(ctx, dm, r, &st)
+}
+
+// finishReattach takes over a QEMU whose monitor answered: state from QEMU,
+// console, supervision, and what the dead daemon missed.
+func (d *Driver) finishReattach(ctx context.Context, dm *dom, r *run, st *status) error {
+	var err error
+	go r.handleEvents()
 	state, reason := StateRunning, st.Reason
 	var missed func() // an action the dead daemon did not take
 	if s, err := r.qmp.QueryStatus(); err == nil && !s.Running {

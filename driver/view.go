@@ -35,9 +35,17 @@ func (d *Driver) current(name string) (*dom, *run, error) {
 
 // Pid returns QEMU's pid, 0 when not running.
 func (d *Driver) Pid(name string) (int, error) {
-	_, r, err := d.current(name)
-	if err != nil || r == nil {
+	dm, r, err := d.current(name)
+	if err != nil {
 		return 0, err
+	}
+	if r == nil {
+		dm.mu.Lock()
+		defer dm.mu.Unlock()
+		if dm.pending != nil {
+			return dm.pending.proc.Pid, nil // reattach_pending.go
+		}
+		return 0, nil
 	}
 	return r.proc.Pid, nil
 }

@@ -15,10 +15,10 @@ import (
 func (dd *domainDir) openDevice(op string) opener {
 	d, name := dd.root.cfg.Driver, dd.name
 	return func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
-		return &xmlHandle{requests: true, part: xmlPart, commit: func(ctx context.Context, req []byte) error {
+		return &xmlHandle{requests: true, part: xmlPart, refuse: func(msg string) { d.RecordError(name, msg) }, commit: func(ctx context.Context, req []byte) error {
 			ctx, cancel := userInterrupts(ctx)
 			defer cancel()
-			return d.DeviceRequest(ctx, name, op, req)
+			return d.DeviceRequest(withCaller(ctx), name, op, req)
 		}}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil
 	}
 }

@@ -156,7 +156,8 @@ func (dd *domainDir) openConfig(ctx context.Context, flags uint32) (fs.FileHandl
 	// O_TRUNC arrives as a SETATTR that need not name this handle, and a
 	// definition is replaced whole, never patched in place.
 	d, name := dd.root.cfg.Driver, dd.name
-	h := &xmlHandle{commit: func(_ context.Context, b []byte) error { return d.Define(name, b) }, snapshot: cur}
+	h := &xmlHandle{commit: func(_ context.Context, b []byte) error { return d.Define(name, b) }, snapshot: cur,
+		refuse: func(msg string) { d.RecordError(name, msg) }}
 	return h, fuse.FOPEN_DIRECT_IO, nil
 }
 
@@ -165,7 +166,7 @@ func (dd *domainDir) openCtl(ctx context.Context, flags uint32) (fs.FileHandle, 
 	// Seekable (though offsets are ignored): OpenSSH's sftp-server seeks
 	// before every write, so a tree used over sshfs needs lseek to work
 	// (docs/remote.md).
-	return &commandHandle{run: func(ctx context.Context, line string) error { return d.Control(ctx, name, line) }},
+	return &commandHandle{run: func(ctx context.Context, line string) error { return d.Control(withCaller(ctx), name, line) }},
 		fuse.FOPEN_DIRECT_IO, nil
 }
 
@@ -181,7 +182,8 @@ func (dd *domainDir) openLog(ctx context.Context, flags uint32) (fs.FileHandle, 
 	if err != nil {
 		return nil, 0, fmt.Errorf("log: %w", err)
 	}
-	return &osFileHandle{f: f}, fuse.FOPEN_DIRECT_IO, nil
+	f.Close() // readable now; each read opens it again (osFileHandle)
+	return &osFileHandle{path: p}, fuse.FOPEN_DIRECT_IO, nil
 }
 
 func (dd *domainDir) openConsole(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {

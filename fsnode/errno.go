@@ -13,7 +13,7 @@ func errno(err error) syscall.Errno {
 		return 0
 	}
 	var e syscall.Errno
-	if errors.As(err, &e) {
+	if errors.As(err, &e) && !(errors.Is(err, driver.ErrIO) && !storageErrno(e)) {
 		return e
 	}
 	switch driver.Kind(err) {
@@ -33,4 +33,17 @@ func errno(err error) syscall.Errno {
 		return syscall.EINTR
 	}
 	return syscall.EIO
+}
+
+// storageErrno reports whether e says something about the storage a user
+// can act on (disk full, quota, read-only), which an I/O failure passes on
+// as it is. Any other errno under ErrIO (a QEMU that died mid-command
+// gives ECONNRESET or EPIPE on its monitor socket) becomes EIO: it is
+// qemufs's conversation with QEMU that failed, not the user's file.
+func storageErrno(e syscall.Errno) bool {
+	switch e {
+	case syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EFBIG:
+		return true
+	}
+	return false
 }

@@ -128,25 +128,30 @@ func sliceAt(b []byte, off int64, n int) []byte {
 	return b
 }
 
-// osFileHandle reads a real file (the log).
-type osFileHandle struct{ f *os.File }
+// osFileHandle reads a real file (the log) by its path. It holds no
+// descriptor between reads: an open handle of the tree must not cost the
+// daemon an fd, or a user opening the log thousands of times would run the
+// daemon out of them (tests/e2e/hostile_test.go). A read opens, reads at
+// the offset and closes; a log replaced meanwhile is read from its new
+// file, as tail -F would.
+type osFileHandle struct{ path string }
 
-var (
-	_ fs.FileReader   = (*osFileHandle)(nil)
-	_ fs.FileReleaser = (*osFileHandle)(nil)
-)
+var _ fs.FileReader = (*osFileHandle)(nil)
 
 func (h *osFileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := h.f.ReadAt(dest, off)
+	f, err := os.Open(h.path)
+	if os.IsNotExist(err) {
+		return fuse.ReadResultData(nil), 0
+	}
+	if err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	defer f.Close()
+	n, err := f.ReadAt(dest, off)
 	if err != nil && err != io.EOF {
 		return nil, fs.ToErrno(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
-}
-
-func (h *osFileHandle) Release(ctx context.Context) syscall.Errno {
-	h.f.Close()
-	return 0
 }
 
 type xmlState int
@@ -350,6 +355,11 @@ var (
 func (h *fromNativeHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if len(h.in)+len(data) > maxDocument {
+		h.in, h.dirty = nil, false
+		h.out = []byte("error: " + errTooBig("from-native") + "\n")
+		return 0, syscall.EFBIG
+	}
 	h.in = append(h.in, data...)
 	h.dirty = true
 	if bytes.HasSuffix(h.in, []byte("\n")) {

@@ -50,6 +50,9 @@ func TestErrno(t *testing.T) {
 		{driver.ErrInterrupted, syscall.EINTR},
 		{os.ErrClosed, syscall.EIO},
 		{fmt.Errorf("wrapped: %w", syscall.ENOSPC), syscall.ENOSPC},
+		{fmt.Errorf("%w: save: %w", driver.ErrIO, syscall.ENOSPC), syscall.ENOSPC},
+		{fmt.Errorf("%w: save: monitor: %w", driver.ErrIO, syscall.ECONNRESET), syscall.EIO},
+		{fmt.Errorf("%w: save: %w", driver.ErrIO, syscall.EPIPE), syscall.EIO},
 	}
 	for _, tt := range tests {
 		if got := errno(tt.err); got != tt.want {

@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/qemufs/qemufs/driver"
 )
 
 // Access decides who may do what on a mount. A session mount is reachable
@@ -131,4 +133,21 @@ func (a *Access) allow(ctx context.Context, perm, want uint32) syscall.Errno {
 		return syscall.EACCES
 	}
 	return 0
+}
+
+// withCaller passes the FUSE caller on to the driver, which checks that a
+// guest started on a user's behalf uses only files that user may use
+// (driver/caller.go).
+func withCaller(ctx context.Context) context.Context {
+	c, ok := fuse.FromContext(ctx)
+	if !ok {
+		return ctx
+	}
+	dc := driver.Caller{UID: c.Uid, GID: c.Gid}
+	for g := range callerGroups(c) {
+		if g != c.Gid {
+			dc.Groups = append(dc.Groups, g)
+		}
+	}
+	return driver.WithCaller(ctx, dc)
 }

@@ -40,10 +40,10 @@ func (sd *snapshotsDir) OnAdd(ctx context.Context) {
 		sd.AddChild(file, ch, true)
 	}
 	add("create", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
-		return &xmlHandle{requests: true, commit: func(ctx context.Context, xml []byte) error {
+		return &xmlHandle{requests: true, refuse: func(msg string) { d.RecordError(name, msg) }, commit: func(ctx context.Context, xml []byte) error {
 			ctx, cancel := userInterrupts(ctx)
 			defer cancel()
-			_, err := d.SnapshotCreateXML(ctx, name, xml)
+			_, err := d.SnapshotCreateXML(withCaller(ctx), name, xml)
 			return err
 		}}, fuse.FOPEN_DIRECT_IO, nil
 	})

@@ -32,10 +32,14 @@ type xmlHandle struct {
 	// offsets, and a truncation with nothing after it is committed (and
 	// refused) as an empty document.
 	requests bool
+	// refuse records why a write was refused (may be nil), for the
+	// object's error file.
+	refuse func(msg string)
 
-	mu    sync.Mutex
-	buf   []byte
-	dirty bool // buf holds what was not committed yet
+	mu     sync.Mutex
+	buf    []byte
+	dirty  bool // buf holds what was not committed yet
+	tooBig bool // a write passed maxDocument: refused until truncated
 }
 
 var (
@@ -50,21 +54,34 @@ func (h *xmlHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 
 func (h *xmlHandle) truncate() {
 	h.mu.Lock()
-	h.buf, h.dirty = h.buf[:0], !h.requests
+	h.buf, h.dirty, h.tooBig = h.buf[:0], !h.requests, false
 	h.mu.Unlock()
 }
 
+// Write collects data; a document that would pass maxDocument is refused
+// with EFBIG and dropped, so a huge or far-offset write costs the daemon
+// no more than that.
 func (h *xmlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.requests {
-		h.buf = append(h.buf, data...)
-	} else {
-		if end := off + int64(len(data)); end > int64(len(h.buf)) {
-			h.buf = append(h.buf, make([]byte, end-int64(len(h.buf)))...)
+	buf, ok := h.buf, !h.tooBig
+	switch {
+	case !ok:
+	case h.requests:
+		if ok = len(buf)+len(data) <= maxDocument; ok {
+			buf = append(buf, data...)
 		}
-		copy(h.buf[off:], data)
+	default:
+		buf, ok = writeAt(buf, data, off)
 	}
+	if !ok {
+		if !h.tooBig && h.refuse != nil {
+			h.refuse(errTooBig("the document"))
+		}
+		h.buf, h.tooBig, h.dirty = nil, true, false
+		return 0, syscall.EFBIG
+	}
+	h.buf = buf
 	h.dirty = true
 	doc := h.buf
 	if h.part != nil {

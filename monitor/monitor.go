@@ -501,8 +501,21 @@ func (r *reply) qemuError() error {
 
 // roundTrip sends one command built by build (which appends the command,
 // carrying the given wire id, to buf) and waits for its reply. Non-nil oob
-// is ancillary data (SCM_RIGHTS) sent with the command's bytes.
+// is ancillary data (SCM_RIGHTS) sent with the command's bytes. A command
+// that times out says so in words a user can act on (a QEMU stopped with
+// SIGSTOP or wedged answers nothing), still matching
+// context.DeadlineExceeded.
 func (c *Conn) roundTrip(ctx context.Context, build func(buf []byte, id uint64) []byte, oob []byte) (*reply, error) {
+	t0 := time.Now()
+	r, err := c.exchange(ctx, build, oob)
+	if err != nil && errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("QEMU did not answer within %v (is the process stopped or hung?): %w", time.Since(t0).Round(100*time.Millisecond), err)
+	}
+	return r, err
+}
+
+// exchange is roundTrip without the explanation of a timeout.
+func (c *Conn) exchange(ctx context.Context, build func(buf []byte, id uint64) []byte, oob []byte) (*reply, error) {
 	if _, ok := ctx.Deadline(); !ok && c.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)

@@ -526,6 +526,9 @@ func TestTimeouts(t *testing.T) {
 				if !errors.Is(err, tc.want) {
 					t.Fatalf("- want: %v\n-  got: %v", tc.want, err)
 				}
+				if tc.want == context.DeadlineExceeded && !strings.Contains(err.Error(), "QEMU did not answer within") {
+					t.Errorf("timeout error %q does not say that QEMU did not answer", err)
+				}
 			}
 			// The late replies arrive and are dropped; the next
 			// command gets its own reply.

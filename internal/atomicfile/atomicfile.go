@@ -6,11 +6,24 @@ package atomicfile
 import (
 	"os"
 	"path/filepath"
+
+	"github.com/qemufs/qemufs/internal/fault"
 )
 
 // WriteFile replaces path with data: temp file, fsync, rename, fsync of
 // the directory.
 func WriteFile(path string, data []byte, mode os.FileMode) error {
+	return WriteFileSteps(path, data, mode, "")
+}
+
+// WriteFileSteps is WriteFile with test-only fault points (internal/fault)
+// named STEP.written, STEP.synced and STEP.renamed after each of its steps,
+// so that tests can kill the daemon between them; "" names none.
+func WriteFileSteps(path string, data []byte, mode os.FileMode, step string) error {
+	point := func(string) {}
+	if step != "" && !fault.Unset() {
+		point = func(s string) { fault.Point(step + "." + s) }
+	}
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -26,16 +39,19 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 		f.Close()
 		return err
 	}
+	point("written")
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return err
 	}
+	point("synced")
 	if err := f.Close(); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
+	point("renamed")
 	return SyncDir(dir)
 }
 
