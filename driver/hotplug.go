@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qemufs/qemufs/internal/fault"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -449,6 +450,7 @@ func (d *Driver) attach(ctx context.Context, dm *dom, xml []byte, o DeviceOption
 		if undo, q, err = d.hotplug(ctx, r, newLive, append(implicit, dev)); err != nil {
 			return err
 		}
+		fault.PointPid("attach.plugged", r.proc.Pid)
 	}
 	if config {
 		if err := d.commitConfig(dm, newCfg); err != nil {
@@ -459,6 +461,7 @@ func (d *Driver) attach(ctx context.Context, dm *dom, xml []byte, o DeviceOption
 		}
 	}
 	if live {
+		fault.Point("attach.configured")
 		r.setLive(newLive)
 		dm.publish(EventDeviceAdded, dev.Alias())
 		total := time.Since(t0)

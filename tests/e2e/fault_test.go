@@ -225,7 +225,47 @@ func faultCases() []faultCase {
 			m.MustCtl("f", "snapshot s2")
 		}
 	}
+	// attach: a disk hot-plugged into a running guest with ACPI (PCI
+	// hot-plug); the daemon dies after QEMU has the device, and after the
+	// definition has it.
+	attachDisk := func(m *harness.Mount) string {
+		return "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='" + filepath.Join(m.Base, "hot.img") + "'/><target dev='vdb' bus='virtio'/></disk>"
+	}
+	attachSetup := func(t *testing.T, m *harness.Mount) {
+		if err := os.WriteFile(filepath.Join(m.Base, "hot.img"), make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m.Define("f", strings.Replace(cheapXML("f", 64), "</os>", "</os><features><acpi/></features>", 1))
+		m.MustCtl("f", "start")
+	}
+	attach := func(_ *testing.T, m *harness.Mount) error { return m.Write(attachDisk(m), "f", "attach") }
+	attachCheck := func(inConfig bool) func(*testing.T, *harness.Mount) {
+		return func(t *testing.T, m *harness.Mount) {
+			if got := m.State("f"); !strings.HasPrefix(got, "running") {
+				t.Errorf("state = %q after the daemon died in an attach, want running", got)
+			}
+			cfg := m.Read("f", "config.xml")
+			if _, err := domain.Parse([]byte(cfg)); err != nil {
+				t.Fatalf("config.xml after the crash: %v", err)
+			}
+			if has := strings.Contains(cfg, "hot.img"); has != inConfig {
+				t.Errorf("config.xml has the attached disk: %v, want %v", has, inConfig)
+			}
+			m.MustCtl("f", "destroy")
+			if !inConfig {
+				// The definition never had it: a fresh start has no vdb,
+				// and the attach works again.
+				m.MustCtl("f", "start")
+				if err := m.Write(attachDisk(m), "f", "attach"); err != nil {
+					t.Errorf("attach after the crash: %v (%s)", err, m.ErrorOf("f"))
+				}
+				m.MustCtl("f", "destroy")
+			}
+		}
+	}
 	return []faultCase{
+		{"attach.plugged", attachSetup, attach, attachCheck(false)},
+		{"attach.configured", attachSetup, attach, attachCheck(true)},
 		{"snapshot.taken", snapSetup, ctlOp("snapshot s1"), snapCheck(false)},
 		{"snapshot.saved", snapSetup, ctlOp("snapshot s1"), snapCheck(true)},
 		{"define.written", defineOld, define, checkDefinition(64)},
