@@ -24,8 +24,9 @@ func (a *netAttachments) close() {
 	a.inherit = nil
 }
 
-// privileged tells whether this daemon can make host network devices.
-func privileged() bool { return os.Geteuid() == 0 }
+// privileged tells whether this daemon can make host network devices (a
+// variable for tests).
+var privileged = func() bool { return os.Geteuid() == 0 }
 
 // hostSide is how qemufs connects one interface's host side.
 type hostSide int
@@ -48,8 +49,10 @@ func (d *Driver) plan(ifc domain.Interface, passt string) (hostSide, error) {
 		return sidePasst, nil
 	case ifc.Type == "network" && (d.nets == nil || !d.nets.Exists(ifc.Source)) && !privileged():
 		// A session's type='network' is user-mode networking: passt
-		// where installed, else QEMU's own (as libvirt's session).
-		if passt != "" {
+		// where installed, else QEMU's own (as libvirt's session). With
+		// port forwards it is QEMU's own: Debian 12's passt (2023-03-09)
+		// crashes (SIGSEGV in libc) on the first forwarded connection.
+		if passt != "" && len(ifc.PortForwards) == 0 {
 			return sidePasst, nil
 		}
 		return sideSlirp, nil
