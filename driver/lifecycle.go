@@ -158,16 +158,7 @@ func init() {
 	}))
 	registerCommand("suspend", noArgs(func(ctx context.Context, d *Driver, dm *dom) error {
 		return d.simple(dm, "suspend", func(r *run) error {
-			r.mu.Lock()
-			r.pauseReason = ReasonUser
-			r.mu.Unlock()
-			if err := r.runStateChange(func() error {
-				if err := r.qmp.Stop(); err != nil {
-					return err
-				}
-				dm.transition(StateRunning, StatePaused, ReasonUser, EventPaused)
-				return nil
-			}); err != nil {
+			if err := r.pause(ReasonUser); err != nil {
 				return err
 			}
 			r.saveStatus()
@@ -561,26 +552,7 @@ func (d *Driver) shutdown(ctx context.Context, dm *dom, timeout time.Duration) e
 	}
 	d.appendLog(r.files.Log, "shutdown requested (ACPI power button)")
 	fault.PointPid("shutdown.requested", r.proc.Pid)
-	var expire <-chan time.Time
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		expire = t.C
-	}
-	select {
-	case <-r.done:
-		return nil
-	case <-ctx.Done():
-		return errorf(ErrInterrupted, "shutdown %s: interrupted while waiting; the guest was asked to power off and may still do so", dm.name)
-	case <-expire:
-	}
-	d.appendLog(r.files.Log, "guest did not shut down within %s; destroying it", timeout)
-	dm.op.Lock()
-	defer dm.op.Unlock()
-	if err := d.destroy(ctx, dm, ReasonDestroyed); err != nil && !errors.Is(err, ErrBusy) {
-		return err
-	}
-	return nil
+	return d.waitShutdown(ctx, dm, r, timeout)
 }
 
 // destroy ends QEMU at once (SIGTERM, SIGKILL after 10 s) and waits for

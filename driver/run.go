@@ -185,6 +185,21 @@ func (r *run) runStateChange(fn func() error) error {
 	return fn()
 }
 
+// pause stops the guest's CPUs for reason (user, saving, ...): the domain
+// becomes paused with it, and the STOP event it causes is that pause.
+func (r *run) pause(reason string) error {
+	r.mu.Lock()
+	r.pauseReason = reason
+	r.mu.Unlock()
+	return r.runStateChange(func() error {
+		if err := r.qmp.Stop(); err != nil {
+			return err
+		}
+		r.dm.transition(StateRunning, StatePaused, reason, EventPaused)
+		return nil
+	})
+}
+
 // staleRunState tells whether a STOP (running false) or RESUME (running
 // true) event is already out of date: an operation may have moved the
 // guest on before the handler sees the events it caused, and an old event

@@ -213,16 +213,7 @@ func (d *Driver) save(ctx context.Context, dm *dom, path string, managed bool) (
 	t0 := time.Now()
 	d.appendLog(r.files.Log, "saving the guest's state to %s", path)
 	if running {
-		r.mu.Lock()
-		r.pauseReason = ReasonSaving
-		r.mu.Unlock()
-		if err := r.runStateChange(func() error {
-			if err := r.qmp.Stop(); err != nil {
-				return err
-			}
-			dm.transition(StateRunning, StatePaused, ReasonSaving, EventPaused)
-			return nil
-		}); err != nil {
+		if err := r.pause(ReasonSaving); err != nil {
 			return errorf(ErrIO, "save %s: stop: %w", name, err)
 		}
 		fault.PointPid("save.paused", r.proc.Pid)
