@@ -1,10 +1,6 @@
 package harness
 
 import (
-	"bufio"
-	"fmt"
-	"os"
-	"strings"
 	"time"
 )
 
@@ -21,29 +17,7 @@ func AgentDevices(mac string) string {
 // returns the first reply line; the read gives up after timeout. A failed
 // write returns its error with the domain's error text.
 func (m *Mount) Agent(name, cmd string, timeout time.Duration) (string, error) {
-	f, err := os.OpenFile(m.Path(name, "agent"), os.O_RDWR, 0)
-	if err != nil {
-		return "", fmt.Errorf("open agent: %w (error: %s)", err, m.ErrorOf(name))
-	}
-	defer f.Close()
-	if _, err := f.WriteString(cmd + "\n"); err != nil {
-		return "", fmt.Errorf("write %s: %w (error: %s)", cmd, err, m.ErrorOf(name))
-	}
-	type result struct {
-		line string
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		l, err := bufio.NewReader(f).ReadString('\n')
-		ch <- result{strings.TrimSpace(l), err}
-	}()
-	select {
-	case r := <-ch:
-		return r.line, r.err
-	case <-time.After(timeout):
-		return "", fmt.Errorf("no reply to %s within %v", cmd, timeout)
-	}
+	return m.session(name, cmd, timeout, "agent")
 }
 
 // WaitAgent waits until NAME's guest agent answers guest-ping through

@@ -19,9 +19,16 @@ import (
 // QMP opens a session on NAME/monitor/qmp, writes cmd (one JSON object)
 // and returns the first reply line; the read gives up after timeout.
 func (m *Mount) QMP(name, cmd string, timeout time.Duration) (string, error) {
-	f, err := os.OpenFile(m.Path(name, "monitor", "qmp"), os.O_RDWR, 0)
+	return m.session(name, cmd, timeout, "monitor", "qmp")
+}
+
+// session opens a session file of NAME (monitor/qmp, agent), writes cmd
+// and returns the first reply line; the read gives up after timeout. A
+// failed open or write returns its error with the domain's error text.
+func (m *Mount) session(name, cmd string, timeout time.Duration, file ...string) (string, error) {
+	f, err := os.OpenFile(m.Path(append([]string{name}, file...)...), os.O_RDWR, 0)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("open %s: %w (error: %s)", strings.Join(file, "/"), err, m.ErrorOf(name))
 	}
 	defer f.Close()
 	if _, err := f.WriteString(cmd + "\n"); err != nil {
