@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qemufs/qemufs/internal/fault"
 	"net"
 	"os"
 	"path/filepath"
@@ -601,6 +602,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 			return fail(ErrIO, "%v; the guest keeps running here", err)
 		}
 	}
+	fault.PointPid("migrate.prepared", r.proc.Pid)
 	job.enter("migrating")
 	job.set(func(j *migrationJob) { j.uri = uri })
 	d.appendLog(r.files.Log, "migrating to %s over %s", o.dest, uri)
@@ -633,6 +635,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	}
 
 	// 5. The destination runs the guest; this QEMU ends.
+	fault.PointPid("migrate.sent", r.proc.Pid)
 	job.enter("finishing")
 	if err := t.write("ctl", "migrate-finish\n"); err != nil {
 		if job.postcopyRan {

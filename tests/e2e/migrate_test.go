@@ -419,3 +419,73 @@ func TestMigratePostcopy(t *testing.T) {
 	}
 	dst.MustCtl("g", "destroy")
 }
+
+// TestMigrateDaemonKilled: the source daemon dies (kill -9, through the
+// fault points) after the destination prepared the incoming guest, and
+// after QEMU sent the whole guest but before the destination runs it. After
+// a remount no guest is lost and both states are true; what is left
+// half-way (the waiting incoming guest; the guest paused at both ends) is
+// settled through the destination's ctl, as after a failed libvirt
+// migration.
+func TestMigrateDaemonKilled(t *testing.T) {
+	t.Parallel()
+	for _, point := range []string{"migrate.prepared", "migrate.sent"} {
+		t.Run(point, func(t *testing.T) {
+			t.Parallel()
+			src, dst, _, b := twoHosts(t)
+			src.Define("g", strings.Replace(cheapXML("g", 64), "</os>", "</os><features><acpi/></features>", 1))
+			src.MustCtl("g", "start")
+			pid := src.Pid("g")
+			src.Unmount()
+			if err := src.MountEnv("QEMUFS_FAULT=" + point); err != nil {
+				t.Fatal(err)
+			}
+			daemon := src.DaemonPid()
+			err := src.Ctl("g", "migrate "+dst.Dir+" --live --uri tcp:"+b.Addr)
+			if !harness.WaitGone(daemon, migrateTimeout) {
+				t.Fatalf("the source daemon did not die at %s (migrate: %v)", point, err)
+			}
+			if err := src.Remount(); err != nil {
+				t.Fatal(err)
+			}
+			if got := src.Pid("g"); got != pid || !harness.Alive(pid) {
+				t.Fatalf("source guest: pid %d (was %d), alive %v: the guest was lost", got, pid, harness.Alive(pid))
+			}
+			if st := dst.State("g"); st != "paused (migrating)" {
+				t.Errorf("destination state %q, want paused (migrating)", st)
+			}
+			switch point {
+			case "migrate.prepared":
+				// Nothing moved: the source runs on; the destination's
+				// waiting guest is aborted, and a new migration works.
+				if st := src.State("g"); !strings.HasPrefix(st, "running") {
+					t.Errorf("source state %q, want running", st)
+				}
+				if err := dst.Ctl("g", "migrate-abort"); err != nil {
+					t.Fatalf("abort at the destination: %v", err)
+				}
+				if err := src.Ctl("g", "migrate "+dst.Dir+" --live --uri tcp:"+b.Addr); err != nil {
+					t.Fatalf("migrate again: %v", err)
+				}
+				if st := dst.State("g"); st != "running (migrated)" {
+					t.Errorf("destination after the new migration: %q", st)
+				}
+				dst.MustCtl("g", "destroy")
+			case "migrate.sent":
+				// The whole guest is at the destination, paused at both
+				// ends: the destination runs it, the source's copy goes.
+				if st := src.State("g"); !strings.HasPrefix(st, "paused") {
+					t.Errorf("source state %q, want paused (QEMU sent the guest)", st)
+				}
+				if err := dst.Ctl("g", "migrate-finish"); err != nil {
+					t.Fatalf("finish at the destination: %v", err)
+				}
+				if st := dst.State("g"); st != "running (migrated)" {
+					t.Errorf("destination after finish: %q", st)
+				}
+				src.MustCtl("g", "destroy")
+				dst.MustCtl("g", "destroy")
+			}
+		})
+	}
+}
