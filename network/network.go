@@ -81,6 +81,9 @@ func Parse(data []byte) (*Network, error) {
 	if root == nil || root.Tag != "network" {
 		return nil, errorf("network XML: the root element must be <network>")
 	}
+	if err := noStrayText(root); err != nil {
+		return nil, err
+	}
 	n := &Network{doc: doc}
 	for _, c := range root.ChildElements() {
 		switch c.Tag {
@@ -129,6 +132,24 @@ func Parse(data []byte) (*Network, error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+// noStrayText refuses text beside child elements (`<network>junk<name>`),
+// which no element of a network definition has and which would not
+// survive being written back.
+func noStrayText(e *etree.Element) error {
+	kids := e.ChildElements()
+	for _, c := range e.Child {
+		if cd, ok := c.(*etree.CharData); ok && len(kids) > 0 && strings.TrimSpace(cd.Data) != "" {
+			return errorf("network XML: unexpected text %q in <%s>", strings.TrimSpace(cd.Data), e.Tag)
+		}
+	}
+	for _, k := range kids {
+		if err := noStrayText(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func parseIP(name string, e *etree.Element) (IP, error) {
