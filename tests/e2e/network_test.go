@@ -198,27 +198,11 @@ func TestNetworkDefineErrors(t *testing.T) {
 // server in the guest.
 func TestUserNetworkPortForward(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan string, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		got <- strings.TrimSpace(line)
-	}()
+	hostSrv, got := lineServer(t)
 	hostPort := freePort(t)
 	m := harness.Start(t, harness.Options{})
 	nic := fmt.Sprintf(`<interface type='user'><model type='virtio'/><portForward proto='tcp' address='127.0.0.1'><range start='%d' to='7777'/></portForward></interface>`, hostPort)
 	m.Boot("u", harness.GuestXML(t, "u", guest.ActionNone, nic))
-	hostSrv := ln.Addr().(*net.TCPAddr).Port
 	cmd := fmt.Sprintf("ip link set eth0 up; ifconfig eth0 10.0.2.15 netmask 255.255.255.0; route add default gw 10.0.2.2; echo FROM-GUEST | nc 10.0.2.2 %d; (while :; do echo FROM-GUEST-SERVER | nc -l -p 7777; done) & echo NET-\"\"READY\n", hostSrv)
 	if err := m.Send(cmd, "u", "console"); err != nil {
 		t.Fatal(err)
@@ -262,22 +246,7 @@ func TestPasstPortForward(t *testing.T) {
 		t.Fatal("passt is missing: make test installs it (scripts/deps.sh)")
 	}
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan string, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		got <- strings.TrimSpace(line)
-	}()
+	hostSrv, got := lineServer(t)
 	hostPort := freePort(t)
 	m := harness.Start(t, harness.Options{})
 	nic := fmt.Sprintf(`<interface type='user'><backend type='passt'/><model type='virtio'/><portForward proto='tcp' address='127.0.0.1'><range start='%d' to='7777'/></portForward></interface>`, hostPort)
@@ -285,8 +254,8 @@ func TestPasstPortForward(t *testing.T) {
 	if argv := m.Read("p", "argv"); !strings.Contains(argv, `"type":"stream","addr":{"type":"fd"`) {
 		t.Errorf("argv has no passt stream netdev:\n%s", argv)
 	}
-	srv := ln.Addr().(*net.TCPAddr).Port
-	cmd := dhcpScript + fmt.Sprintf("; udhcpc -i eth0 -n -q -t 20 -s /tmp/dhcp.sh; gw=$(ip route | awk '/default/ {print $3}'); [ -n \"$gw\" ] || gw=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1 | awk -F. '{print $1\".\"$2\".\"$3\".1\"}'); echo FROM-GUEST | nc $gw %d; (while :; do echo FROM-GUEST-SERVER | nc -l -p 7777; done) & echo PASST-\"\"READY\n", srv)
+
+	cmd := dhcpScript + fmt.Sprintf("; udhcpc -i eth0 -n -q -t 20 -s /tmp/dhcp.sh; gw=$(ip route | awk '/default/ {print $3}'); [ -n \"$gw\" ] || gw=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1 | awk -F. '{print $1\".\"$2\".\"$3\".1\"}'); echo FROM-GUEST | nc $gw %d; (while :; do echo FROM-GUEST-SERVER | nc -l -p 7777; done) & echo PASST-\"\"READY\n", hostSrv)
 	if err := m.Send(cmd, "p", "console"); err != nil {
 		t.Fatal(err)
 	}
@@ -368,6 +337,30 @@ func tcpListening(t *testing.T, port int) bool {
 		}
 	}
 	return false
+}
+
+// lineServer listens on a loopback port of the host for one connection
+// and sends the first line it reads; the guest connects to it through
+// user-mode networking.
+func lineServer(t *testing.T) (port int, got <-chan string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		ch <- strings.TrimSpace(line)
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, ch
 }
 
 func freePort(t *testing.T) int {
