@@ -135,23 +135,7 @@ type kv struct {
 // implied is set, a leading word without '=' is stored as that key.
 func parseKV(s, implied string) kv {
 	k := kv{vals: map[string]string{}}
-	var parts []string
-	var cur strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == ',' {
-			if i+1 < len(s) && s[i+1] == ',' {
-				cur.WriteByte(',')
-				i++
-				continue
-			}
-			parts = append(parts, cur.String())
-			cur.Reset()
-			continue
-		}
-		cur.WriteByte(s[i])
-	}
-	parts = append(parts, cur.String())
-	for j, p := range parts {
+	for j, p := range splitKV(s) {
 		if p == "" {
 			continue
 		}

@@ -15,19 +15,7 @@ import (
 // error and the volumes/ directory.
 func (r *Root) poolFiles(ctx context.Context, dir *fs.Inode, name string) {
 	m := r.cfg.Pools
-	r.addFile(ctx, dir, "config.xml", 0o660, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
-		cur, err := m.Config(name)
-		if err != nil {
-			return nil, 0, err
-		}
-		return configFile(func(b []byte) error { return m.Define(name, b) }, cur), fuse.FOPEN_DIRECT_IO, nil
-	})
-	r.addFile(ctx, dir, "ctl", 0o220, func(ctx context.Context, flags uint32) (fs.FileHandle, uint32, error) {
-		return &commandHandle{run: func(ctx context.Context, line string) error { return m.Control(ctx, name, line) }},
-			fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NONSEEKABLE, nil
-	})
-	r.addFile(ctx, dir, "state", 0o444, snapshot(func(context.Context) ([]byte, error) { return line(m.State(name)) }))
-	r.addFile(ctx, dir, "error", 0o444, snapshot(func(context.Context) ([]byte, error) { return line(m.LastError(name), nil) }))
+	r.objectFiles(ctx, dir, name, m)
 	r.addCollection(ctx, dir, "volumes", volumeSet{m, name}, func(ctx context.Context, dir *fs.Inode, vol string) {
 		r.volumeFiles(ctx, dir, name, vol)
 	})
