@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -223,11 +224,24 @@ func (h *commandHandle) Write(ctx context.Context, data []byte, off int64) (uint
 // read holds on a shared descriptor costs nothing but serial reads.
 const lineStreamFlags = fuse.FOPEN_DIRECT_IO
 
+// cursor counts the bytes moved through one open seekable stream (a
+// monitor session, a line stream), which is where a reader that keeps its
+// offset reads next: the kernel's file position locally, sshfs's offset
+// remotely. A read beyond it is a read-ahead past a short read (sshfs
+// splits a large read into several at increasing offsets, and waits for
+// them all): it ends at once instead of waiting for data nobody has asked
+// for yet.
+type cursor struct{ n atomic.Int64 }
+
+func (c *cursor) ahead(off int64) bool { return off > c.n.Load() }
+func (c *cursor) moved(n int)          { c.n.Add(int64(n)) }
+
 // lineStreamHandle follows a JSON-per-line stream like tail -f, one line
 // per read.
 type lineStreamHandle struct {
-	rd *stream.Reader
-	mu chan struct{} // one read at a time: rd is not safe for concurrent use
+	rd  *stream.Reader
+	mu  chan struct{} // one read at a time: rd is not safe for concurrent use
+	pos cursor
 }
 
 var _ fs.FileReader = (*lineStreamHandle)(nil)
@@ -243,12 +257,19 @@ func (h *lineStreamHandle) Read(ctx context.Context, dest []byte, off int64) (fu
 		return nil, syscall.EINTR
 	}
 	defer func() { <-h.mu }()
-	return readStream(ctx, h.rd.ReadLine, dest)
+	if h.pos.ahead(off) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return readStream(ctx, h.rd.ReadLine, dest, &h.pos)
 }
 
 // readStream blocks for data; an interrupted reader gets EINTR at once.
-func readStream(ctx context.Context, read func(context.Context, []byte) (int, error), dest []byte) (fuse.ReadResult, syscall.Errno) {
+// What is read moves pos, if there is one.
+func readStream(ctx context.Context, read func(context.Context, []byte) (int, error), dest []byte, pos *cursor) (fuse.ReadResult, syscall.Errno) {
 	n, err := read(ctx, dest)
+	if pos != nil {
+		pos.moved(n)
+	}
 	switch {
 	case err == nil || err == io.EOF:
 		return fuse.ReadResultData(dest[:n]), 0
@@ -271,7 +292,7 @@ var (
 )
 
 func (h *consoleHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return readStream(ctx, h.c.Read, dest)
+	return readStream(ctx, h.c.Read, dest, nil)
 }
 
 func (h *consoleHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
@@ -292,6 +313,7 @@ type sessionHandle struct {
 	s    *driver.MonitorSession
 	d    *driver.Driver
 	name string
+	pos  cursor // bytes written and read: one file position serves both
 }
 
 var (
@@ -301,7 +323,10 @@ var (
 )
 
 func (h *sessionHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return readStream(ctx, h.s.Read, dest)
+	if h.pos.ahead(off) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return readStream(ctx, h.s.Read, dest, &h.pos)
 }
 
 func (h *sessionHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
@@ -310,6 +335,7 @@ func (h *sessionHandle) Write(ctx context.Context, data []byte, off int64) (uint
 	ctx, cancel := userInterrupts(ctx)
 	defer cancel()
 	n, err := h.s.Write(ctx, data)
+	h.pos.moved(n)
 	if err != nil {
 		h.d.RecordError(h.name, err.Error())
 		return 0, errno(err)

@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/qemufs/qemufs/procmgr"
+	"github.com/qemufs/qemufs/sftpserver"
 )
 
 // version is set at build time (-ldflags -X main.version=...).
@@ -18,6 +19,8 @@ const usage = `usage:
   qemufs to-native FILE.xml          print the QEMU command line of a domain XML
   qemufs from-native FILE.args       turn a QEMU command line into domain XML
   qemufs capabilities                print capabilities.xml without mounting
+  qemufs sftp-server                 serve SFTP on stdin/stdout, for sshfs -o sftp_server=
+                                     (docs/remote.md)
   qemufs version
 `
 
@@ -42,6 +45,8 @@ func main() {
 		err = runFromNative(args)
 	case "capabilities":
 		err = runCapabilities(args)
+	case "sftp-server":
+		err = sftpserver.Serve(os.Stdin, os.Stdout)
 	case "version", "--version":
 		fmt.Println("qemufs", version)
 	case "help", "-h", "--help":
