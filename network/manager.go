@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/qemufs/qemufs/internal/atomicfile"
 	"github.com/qemufs/qemufs/internal/errkind"
+	"github.com/qemufs/qemufs/internal/objtable"
 	"github.com/qemufs/qemufs/procmgr"
 )
 
@@ -47,20 +47,19 @@ type Manager struct {
 	opts Options
 	logf func(string, ...any)
 
-	mu   sync.Mutex
-	nets map[string]*entry
+	mu   sync.Mutex // guards nets and the entries' fields
+	nets *objtable.Table[*entry]
 }
 
 // entry is one network: a slot made by mkdir, defined by its config.xml.
 type entry struct {
-	op        sync.Mutex // serialises start, destroy, define, remove
-	name      string
-	def       *Network
-	autostart bool
-	st        *status // non-nil while active
-	dnsmasq   *procmgr.Process
-	lastErr   string
+	objtable.Base // Op serialises start, destroy, define, remove
+	def           *Network
+	st            *status // non-nil while active
+	dnsmasq       *procmgr.Process
 }
+
+func newEntry(name string) *entry { return &entry{Base: objtable.Base{Name: name}} }
 
 // status is what an active network left on the host, kept in the run dir
 // so that a restarted daemon takes it over and can undo it exactly.
@@ -75,7 +74,8 @@ type status struct {
 // New loads the definitions and takes over the networks a previous daemon
 // left active. A `default` network is defined when asked for and absent.
 func New(opts Options) (*Manager, error) {
-	m := &Manager{opts: opts, nets: map[string]*entry{}, logf: func(string, ...any) {}}
+	m := &Manager{opts: opts, logf: func(string, ...any) {}}
+	m.nets = objtable.New[*entry]("network", opts.ConfigDir, &m.mu)
 	if opts.Logger != nil {
 		m.logf = opts.Logger.Printf
 	}
@@ -95,13 +95,14 @@ func New(opts Options) (*Manager, error) {
 			m.logf("network %s: %v (definition skipped)", p, err)
 			continue
 		}
-		e := &entry{name: n.Name, def: n}
-		_, err = os.Stat(m.autostartPath(n.Name))
-		e.autostart = err == nil
-		m.nets[n.Name] = e
+		e := newEntry(n.Name)
+		e.def, e.Autostart = n, m.nets.Marked(n.Name)
+		m.mu.Lock()
+		m.nets.Put(e)
+		m.mu.Unlock()
 		m.reattach(e)
 	}
-	if opts.Default && m.nets["default"] == nil {
+	if opts.Default && !m.nets.Exists("default") {
 		if err := m.defineDefault(); err != nil {
 			m.logf("network default: %v", err)
 		}
@@ -109,11 +110,7 @@ func New(opts Options) (*Manager, error) {
 	return m, nil
 }
 
-func (m *Manager) defPath(name string) string    { return filepath.Join(m.opts.ConfigDir, name+".xml") }
 func (m *Manager) statusPath(name string) string { return filepath.Join(m.opts.RunDir, name+".json") }
-func (m *Manager) autostartPath(name string) string {
-	return filepath.Join(m.opts.ConfigDir, "autostart", name)
-}
 
 // defineDefault defines `default` on the first free 192.168.N.0/24 from
 // 122 on, with autostart, as libvirt's default network.
@@ -135,39 +132,38 @@ func (m *Manager) defineDefault() error {
 func (m *Manager) subnetTaken(sub *net.IPNet) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, e := range m.nets {
+	taken := false
+	m.nets.Each(func(e *entry) {
 		if e.def == nil {
-			continue
+			return
 		}
 		for _, ip := range e.def.IPs {
-			if ip.Net.Contains(sub.IP) || sub.Contains(ip.Net.IP) {
-				return true
-			}
+			taken = taken || ip.Net.Contains(sub.IP) || sub.Contains(ip.Net.IP)
 		}
-	}
-	return false
+	})
+	return taken
 }
 
 // reattach takes over an active network from its status file, or clears a
 // status whose bridge is gone.
 func (m *Manager) reattach(e *entry) {
-	data, err := os.ReadFile(m.statusPath(e.name))
+	data, err := os.ReadFile(m.statusPath(e.Name))
 	if err != nil {
 		return
 	}
 	var st status
 	if json.Unmarshal(data, &st) != nil || !linkExists(st.Bridge) {
-		m.logf("network %s: its bridge is gone; marking it inactive", e.name)
-		m.undo(context.Background(), e.name, &st, nil)
+		m.logf("network %s: its bridge is gone; marking it inactive", e.Name)
+		m.undo(context.Background(), e.Name, &st, nil)
 		return
 	}
 	e.st = &st
 	if st.DnsmasqPid > 0 {
 		p, err := procmgr.Attach(st.DnsmasqPid, st.DnsmasqStart)
 		if err != nil {
-			m.logf("network %s: dnsmasq (pid %d) is gone; restarting it", e.name, st.DnsmasqPid)
+			m.logf("network %s: dnsmasq (pid %d) is gone; restarting it", e.Name, st.DnsmasqPid)
 			if err := m.startDnsmasq(context.Background(), e); err != nil {
-				e.lastErr = err.Error()
+				e.LastErr = err.Error()
 			}
 			return
 		}
@@ -175,46 +171,20 @@ func (m *Manager) reattach(e *entry) {
 	}
 }
 
-func (m *Manager) lookup(name string) (*entry, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e := m.nets[name]
-	if e == nil {
-		return nil, errkind.Errorf(errkind.ErrNotFound, "network %q does not exist", name)
-	}
-	return e, nil
-}
+func (m *Manager) lookup(name string) (*entry, error) { return m.nets.Lookup(name) }
 
 // Names lists the networks, sorted.
-func (m *Manager) Names() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for n := range m.nets {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
+func (m *Manager) Names() []string { return m.nets.Names() }
 
 // Exists tells whether name is a network or an empty slot.
-func (m *Manager) Exists(name string) bool {
-	_, err := m.lookup(name)
-	return err == nil
-}
+func (m *Manager) Exists(name string) bool { return m.nets.Exists(name) }
 
 // Create makes an empty slot, defined by a later Define.
 func (m *Manager) Create(name string) error {
 	if !nameRE.MatchString(name) {
 		return errkind.Errorf(errkind.ErrInvalid, "network name %q: use letters, digits and _ . + - (at most 64, not starting with . + -)", name)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.nets[name] != nil {
-		return errkind.Errorf(errkind.ErrExist, "network %q exists already", name)
-	}
-	m.nets[name] = &entry{name: name}
-	return nil
+	return m.nets.Add(newEntry(name))
 }
 
 // Define checks a network XML and stores it as name's definition. An
@@ -230,14 +200,14 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 		return errkind.Errorf(errkind.ErrInvalid, "define network %s: the XML names it %q", name, n.Name)
 	}
 	m.mu.Lock()
-	e := m.nets[name]
-	if e == nil {
-		e = &entry{name: name}
-		m.nets[name] = e
+	e, ok := m.nets.Get(name)
+	if !ok {
+		e = newEntry(name)
+		m.nets.Put(e)
 	}
 	m.mu.Unlock()
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	if e.def != nil && n.UUID == "" {
 		n.UUID = e.def.UUID
 		setChild(n.doc.Root(), "uuid", 1).SetText(n.UUID)
@@ -246,7 +216,7 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 		return errkind.Errorf(errkind.ErrInvalid, "define network %s: %w", name, err)
 	}
 	n.Expand(m.pickBridge)
-	if err := writeAtomic(m.defPath(name), n.XML()); err != nil {
+	if err := writeAtomic(m.nets.DefPath(name), n.XML()); err != nil {
 		return errkind.Errorf(errkind.ErrIO, "define network %s: %w", name, err)
 	}
 	m.mu.Lock()
@@ -257,13 +227,8 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 
 // noteResult records the outcome of a command as the network's `error`.
 func (m *Manager) noteResult(name string, err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if e := m.nets[name]; e != nil {
-		e.lastErr = ""
-		if err != nil {
-			e.lastErr = err.Error()
-		}
+	if e, lerr := m.lookup(name); lerr == nil {
+		m.nets.Note(e, err)
 	}
 }
 
@@ -272,25 +237,28 @@ func (m *Manager) noteResult(name string, err error) {
 func (m *Manager) checkConflicts(n *Network) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, o := range m.nets {
-		if o.def == nil || o.name == n.Name {
-			continue
+	var err error
+	m.nets.Each(func(o *entry) {
+		if err != nil || o.def == nil || o.Name == n.Name {
+			return
 		}
 		switch {
 		case n.UUID != "" && o.def.UUID == n.UUID:
-			return fmt.Errorf("network %s has UUID %s already", o.name, n.UUID)
+			err = fmt.Errorf("network %s has UUID %s already", o.Name, n.UUID)
+			return
 		case n.Bridge != "" && o.def.Bridge == n.Bridge && n.Mode != ModeBridge:
-			return fmt.Errorf("network %s uses bridge %s already", o.name, n.Bridge)
+			err = fmt.Errorf("network %s uses bridge %s already", o.Name, n.Bridge)
+			return
 		}
 		for _, a := range n.IPs {
 			for _, b := range o.def.IPs {
-				if a.Net.Contains(b.Net.IP) || b.Net.Contains(a.Net.IP) {
-					return fmt.Errorf("subnet %s overlaps network %s's %s", a.Net, o.name, b.Net)
+				if err == nil && (a.Net.Contains(b.Net.IP) || b.Net.Contains(a.Net.IP)) {
+					err = fmt.Errorf("subnet %s overlaps network %s's %s", a.Net, o.Name, b.Net)
 				}
 			}
 		}
-	}
-	return nil
+	})
+	return err
 }
 
 // pickBridge returns the first virbrN that no network defines and no host
@@ -298,11 +266,11 @@ func (m *Manager) checkConflicts(n *Network) error {
 func (m *Manager) pickBridge() string {
 	m.mu.Lock()
 	used := map[string]bool{}
-	for _, o := range m.nets {
+	m.nets.Each(func(o *entry) {
 		if o.def != nil {
 			used[o.def.Bridge] = true
 		}
-	}
+	})
 	m.mu.Unlock()
 	for i := 0; ; i++ {
 		b := fmt.Sprintf("virbr%d", i)
@@ -318,20 +286,12 @@ func (m *Manager) Remove(name string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	if e.st != nil {
 		return errkind.Errorf(errkind.ErrBusy, "undefine network %s: it is active; destroy it first", name)
 	}
-	for _, p := range []string{m.defPath(name), m.autostartPath(name)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return errkind.Errorf(errkind.ErrIO, "undefine network %s: %w", name, err)
-		}
-	}
-	m.mu.Lock()
-	delete(m.nets, name)
-	m.mu.Unlock()
-	return nil
+	return m.nets.Remove(name)
 }
 
 // Config is the stored definition ("" for an empty slot).
@@ -366,15 +326,7 @@ func (m *Manager) State(name string) (string, error) {
 }
 
 // LastError is the last failure of a command on the network.
-func (m *Manager) LastError(name string) string {
-	e, err := m.lookup(name)
-	if err != nil {
-		return ""
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return e.lastErr
-}
+func (m *Manager) LastError(name string) string { return m.nets.LastError(name) }
 
 // Control runs one ctl command: start, destroy, autostart on|off.
 func (m *Manager) Control(ctx context.Context, name, line string) (err error) {
@@ -400,41 +352,17 @@ func (m *Manager) SetAutostart(name string, on bool) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	if e.def == nil {
 		return errkind.Errorf(errkind.ErrInvalid, "autostart network %s: it is not defined", name)
 	}
-	if on {
-		err = writeAtomic(m.autostartPath(name), []byte(name+"\n"))
-	} else if err = os.Remove(m.autostartPath(name)); errors.Is(err, os.ErrNotExist) {
-		err = nil
-	}
-	if err != nil {
-		return errkind.Errorf(errkind.ErrIO, "autostart network %s: %w", name, err)
-	}
-	m.mu.Lock()
-	e.autostart = on
-	m.mu.Unlock()
-	return nil
+	return m.nets.SetAutostart(e, on)
 }
 
 // Autostart starts every inactive network marked autostart.
 func (m *Manager) Autostart(ctx context.Context) {
-	for _, name := range m.Names() {
-		e, _ := m.lookup(name)
-		if e == nil {
-			continue
-		}
-		m.mu.Lock()
-		want := e.autostart && e.st == nil && e.def != nil
-		m.mu.Unlock()
-		if want {
-			if err := m.Control(ctx, name, "start"); err != nil {
-				m.logf("autostart network %s: %v", name, err)
-			}
-		}
-	}
+	m.nets.Autostart(ctx, func(e *entry) bool { return e.st == nil && e.def != nil }, m.Start, m.logf)
 }
 
 // table is the nftables table of a network of this instance.
@@ -450,8 +378,8 @@ func (m *Manager) Start(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	m.mu.Lock()
 	n, active := e.def, e.st != nil
 	m.mu.Unlock()
@@ -514,8 +442,8 @@ func (m *Manager) Destroy(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	m.mu.Lock()
 	active := e.st != nil
 	m.mu.Unlock()
@@ -528,13 +456,13 @@ func (m *Manager) Destroy(ctx context.Context, name string) error {
 	return nil
 }
 
-// stop ends dnsmasq and undoes the status; the caller holds e.op.
+// stop ends dnsmasq and undoes the status; the caller holds e.Op.
 func (m *Manager) stop(ctx context.Context, e *entry) error {
 	m.mu.Lock()
 	st, p := e.st, e.dnsmasq
 	e.st, e.dnsmasq = nil, nil
 	m.mu.Unlock()
-	return m.undo(ctx, e.name, st, p)
+	return m.undo(ctx, e.Name, st, p)
 }
 
 // undo removes, in reverse, what a start added, and the status file.
@@ -629,17 +557,17 @@ func (m *Manager) startDnsmasq(ctx context.Context, e *entry) error {
 	if err != nil {
 		return errors.New("dnsmasq is not installed (Debian package dnsmasq-base)")
 	}
-	conf := m.dnsmasqConf(e.name)
+	conf := m.dnsmasqConf(e.Name)
 	if err := writeAtomic(conf, []byte(m.dnsmasqConfig(e.def))); err != nil {
 		return err
 	}
 	p, err := procmgr.Start(ctx, procmgr.Spec{
-		Name:    "dnsmasq-" + e.name,
+		Name:    "dnsmasq-" + e.Name,
 		Path:    bin,
 		Args:    []string{"--keep-in-foreground", "--conf-file=" + conf},
 		Env:     []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
 		Dir:     "/",
-		LogPath: filepath.Join(m.opts.LogDir, e.name+"-dnsmasq.log"),
+		LogPath: filepath.Join(m.opts.LogDir, e.Name+"-dnsmasq.log"),
 	})
 	if err != nil {
 		return fmt.Errorf("dnsmasq: %w", err)
@@ -649,7 +577,7 @@ func (m *Manager) startDnsmasq(ctx context.Context, e *entry) error {
 	select {
 	case <-p.Done():
 		p.Cleanup()
-		return fmt.Errorf("dnsmasq exited (%s): %s", p.Exit(), lastLine(filepath.Join(m.opts.LogDir, e.name+"-dnsmasq.log")))
+		return fmt.Errorf("dnsmasq exited (%s): %s", p.Exit(), lastLine(filepath.Join(m.opts.LogDir, e.Name+"-dnsmasq.log")))
 	case <-time.After(200 * time.Millisecond):
 	}
 	m.mu.Lock()
@@ -660,7 +588,7 @@ func (m *Manager) startDnsmasq(ctx context.Context, e *entry) error {
 	st := e.st
 	m.mu.Unlock()
 	if st != nil {
-		m.saveStatus(e.name, st)
+		m.saveStatus(e.Name, st)
 	}
 	return nil
 }

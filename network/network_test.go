@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qemufs/qemufs/internal/objtable"
 )
 
 func TestParse(t *testing.T) {
@@ -143,7 +145,10 @@ func TestDnsmasqConfigAndLeases(t *testing.T) {
 			t.Errorf("dnsmasq config lacks %q:\n%s", w, conf)
 		}
 	}
-	m.nets = map[string]*entry{"d": {name: "d", def: n}}
+	m.nets = objtable.New[*entry]("network", dir, &m.mu)
+	e := newEntry("d")
+	e.def = n
+	m.nets.Put(e)
 	os.WriteFile(m.leasesPath("d"), []byte("1796308689 52:54:00:59:70:dc 10.5.0.19 guest 01:52:54:00:59:70:dc\n1796308690 52:54:00:59:70:dd 10.5.0.18 * *\nduid 00:01:00:01\n"), 0o600)
 	got, err := m.LeasesJSON("d")
 	if err != nil {

@@ -9,13 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/qemufs/qemufs/internal/atomicfile"
 	"github.com/qemufs/qemufs/internal/errkind"
+	"github.com/qemufs/qemufs/internal/objtable"
 )
 
 // SecretLookup returns a secret's value by UUID, or by usage when uuid
@@ -40,8 +40,8 @@ type Manager struct {
 	opts Options
 	logf func(string, ...any)
 
-	mu    sync.Mutex
-	pools map[string]*entry
+	mu    sync.Mutex // guards pools, inUse and the entries' fields
+	pools *objtable.Table[*entry]
 	inUse func(path string) string
 }
 
@@ -66,12 +66,9 @@ func (m *Manager) user(path string) string {
 
 // entry is one pool: a slot made by mkdir, defined by its config.xml.
 type entry struct {
-	op        sync.Mutex // serialises start, destroy, build, define, volume changes
-	name      string
-	def       *Pool
-	active    bool
-	autostart bool
-	lastErr   string
+	objtable.Base // Op serialises start, destroy, build, define, volume changes
+	def           *Pool
+	active        bool
 	// slots are volumes made by mkdir and not yet created.
 	slots  map[string]bool
 	volErr map[string]string
@@ -80,7 +77,8 @@ type entry struct {
 // New loads the definitions; pools a previous daemon left active stay so
 // (a mounted fs pool only while it is still mounted).
 func New(opts Options) (*Manager, error) {
-	m := &Manager{opts: opts, pools: map[string]*entry{}, logf: func(string, ...any) {}}
+	m := &Manager{opts: opts, logf: func(string, ...any) {}}
+	m.pools = objtable.New[*entry]("pool", opts.ConfigDir, &m.mu)
 	if opts.Logger != nil {
 		m.logf = opts.Logger.Printf
 	}
@@ -101,70 +99,40 @@ func New(opts Options) (*Manager, error) {
 			continue
 		}
 		e := newEntry(p.Name)
-		e.def = p
-		_, err = os.Stat(m.autostartPath(p.Name))
-		e.autostart = err == nil
+		e.def, e.Autostart = p, m.pools.Marked(p.Name)
 		if _, err := os.Stat(m.activePath(p.Name)); err == nil {
 			e.active = p.Type != "fs" && p.Type != "netfs" || isMountpoint(p.Target)
 			if !e.active {
 				os.Remove(m.activePath(p.Name))
 			}
 		}
-		m.pools[p.Name] = e
+		m.mu.Lock()
+		m.pools.Put(e)
+		m.mu.Unlock()
 	}
 	return m, nil
 }
 
 func newEntry(name string) *entry {
-	return &entry{name: name, slots: map[string]bool{}, volErr: map[string]string{}}
+	return &entry{Base: objtable.Base{Name: name}, slots: map[string]bool{}, volErr: map[string]string{}}
 }
 
-func (m *Manager) defPath(name string) string    { return filepath.Join(m.opts.ConfigDir, name+".xml") }
 func (m *Manager) activePath(name string) string { return filepath.Join(m.opts.RunDir, name+".active") }
-func (m *Manager) autostartPath(name string) string {
-	return filepath.Join(m.opts.ConfigDir, "autostart", name)
-}
 
-func (m *Manager) lookup(name string) (*entry, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e := m.pools[name]
-	if e == nil {
-		return nil, errkind.Errorf(kindNotFound, "pool %q does not exist", name)
-	}
-	return e, nil
-}
+func (m *Manager) lookup(name string) (*entry, error) { return m.pools.Lookup(name) }
 
 // Names lists the pools, sorted.
-func (m *Manager) Names() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for n := range m.pools {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
+func (m *Manager) Names() []string { return m.pools.Names() }
 
 // Exists tells whether name is a pool or an empty slot.
-func (m *Manager) Exists(name string) bool {
-	_, err := m.lookup(name)
-	return err == nil
-}
+func (m *Manager) Exists(name string) bool { return m.pools.Exists(name) }
 
 // Create makes an empty slot, defined by a later Define.
 func (m *Manager) Create(name string) error {
 	if !NameRE.MatchString(name) {
 		return errkind.Errorf(kindInvalid, "pool name %q: use letters, digits and _ . + - (not starting with . + -)", name)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.pools[name] != nil {
-		return errkind.Errorf(kindExist, "pool %q exists already", name)
-	}
-	m.pools[name] = newEntry(name)
-	return nil
+	return m.pools.Add(newEntry(name))
 }
 
 // Remove undefines a pool (EBUSY while active); its volumes stay on disk.
@@ -173,20 +141,12 @@ func (m *Manager) Remove(name string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	if e.active {
 		return errkind.Errorf(kindBusy, "undefine pool %s: it is active; destroy it first", name)
 	}
-	for _, p := range []string{m.defPath(name), m.autostartPath(name)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return errkind.Errorf(kindIO, "undefine pool %s: %w", name, err)
-		}
-	}
-	m.mu.Lock()
-	delete(m.pools, name)
-	m.mu.Unlock()
-	return nil
+	return m.pools.Remove(name)
 }
 
 // Config returns the pool's XML with its current sizes; an empty slot has
@@ -232,21 +192,22 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 	if err := hostSupports(p); err != nil {
 		return errkind.Errorf(kindInvalid, "define pool %s: %w", name, err)
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	m.mu.Lock()
-	for _, o := range m.pools {
-		if o == e || o.def == nil {
-			continue
+	var conflict error
+	m.pools.Each(func(o *entry) {
+		switch {
+		case conflict != nil || o == e || o.def == nil:
+		case p.UUID != "" && o.def.UUID == p.UUID:
+			conflict = errkind.Errorf(kindExist, "define pool %s: pool %s has UUID %s already", name, o.Name, p.UUID)
+		case o.def.Target == p.Target:
+			conflict = errkind.Errorf(kindExist, "define pool %s: pool %s uses target %s already", name, o.Name, p.Target)
 		}
-		if p.UUID != "" && o.def.UUID == p.UUID {
-			m.mu.Unlock()
-			return errkind.Errorf(kindExist, "define pool %s: pool %s has UUID %s already", name, o.name, p.UUID)
-		}
-		if o.def.Target == p.Target {
-			m.mu.Unlock()
-			return errkind.Errorf(kindExist, "define pool %s: pool %s uses target %s already", name, o.name, p.Target)
-		}
+	})
+	if conflict != nil {
+		m.mu.Unlock()
+		return conflict
 	}
 	old, active := e.def, e.active
 	m.mu.Unlock()
@@ -260,7 +221,7 @@ func (m *Manager) Define(name string, data []byte) (err error) {
 			p.UUID = newUUID()
 		}
 	}
-	if err := atomicfile.WriteFile(m.defPath(name), p.XML(0, 0, 0), 0o600); err != nil {
+	if err := atomicfile.WriteFile(m.pools.DefPath(name), p.XML(0, 0, 0), 0o600); err != nil {
 		return errkind.Errorf(kindIO, "define pool %s: %w", name, err)
 	}
 	m.mu.Lock()
@@ -278,14 +239,7 @@ func newUUID() string {
 }
 
 // note records the outcome of a command as the pool's `error`.
-func (m *Manager) note(e *entry, err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e.lastErr = ""
-	if err != nil {
-		e.lastErr = err.Error()
-	}
-}
+func (m *Manager) note(e *entry, err error) { m.pools.Note(e, err) }
 
 // Control runs one ctl command: start, destroy, refresh, build
 // [--overwrite], autostart on|off.
@@ -311,12 +265,12 @@ func (m *Manager) Control(ctx context.Context, name, line string) (err error) {
 	return errkind.Errorf(kindInvalid, "pool %s: unknown command %q; commands: start, destroy, refresh, build [--overwrite], autostart on|off", name, strings.TrimSpace(line))
 }
 
-// defined returns the entry's definition under e.op.
+// defined returns the entry's definition under e.Op.
 func (m *Manager) defined(e *entry, what string) (*Pool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e.def == nil {
-		return nil, errkind.Errorf(kindInvalid, "%s pool %s: it is not defined (write its config.xml)", what, e.name)
+		return nil, errkind.Errorf(kindInvalid, "%s pool %s: it is not defined (write its config.xml)", what, e.Name)
 	}
 	return e.def, nil
 }
@@ -328,8 +282,8 @@ func (m *Manager) Build(ctx context.Context, name string, overwrite bool) error 
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	p, err := m.defined(e, "build")
 	if err != nil {
 		return err
@@ -364,8 +318,8 @@ func (m *Manager) Start(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	p, err := m.defined(e, "start")
 	if err != nil {
 		return err
@@ -400,8 +354,8 @@ func (m *Manager) Destroy(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	p, err := m.defined(e, "destroy")
 	if err != nil {
 		return err
@@ -429,8 +383,8 @@ func (m *Manager) Refresh(name string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	p, err := m.active(e, "refresh")
 	if err != nil {
 		return err
@@ -446,7 +400,7 @@ func (m *Manager) active(e *entry, what string) (*Pool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e.def == nil || !e.active {
-		return nil, errkind.Errorf(kindInvalid, "%s pool %s: it is not active (echo start > ctl)", what, e.name)
+		return nil, errkind.Errorf(kindInvalid, "%s pool %s: it is not active (echo start > ctl)", what, e.Name)
 	}
 	return e.def, nil
 }
@@ -457,42 +411,17 @@ func (m *Manager) SetAutostart(name string, on bool) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	if _, err := m.defined(e, "autostart"); err != nil {
 		return err
 	}
-	if on {
-		err = atomicfile.WriteFile(m.autostartPath(name), []byte(name+"\n"), 0o600)
-	} else if err = os.Remove(m.autostartPath(name)); errors.Is(err, os.ErrNotExist) {
-		err = nil
-	}
-	if err != nil {
-		return errkind.Errorf(kindIO, "autostart pool %s: %w", name, err)
-	}
-	m.mu.Lock()
-	e.autostart = on
-	m.mu.Unlock()
-	return nil
+	return m.pools.SetAutostart(e, on)
 }
 
 // Autostart starts the inactive pools marked autostart.
 func (m *Manager) Autostart(ctx context.Context) {
-	for _, name := range m.Names() {
-		e, err := m.lookup(name)
-		if err != nil {
-			continue
-		}
-		m.mu.Lock()
-		want := e.autostart && !e.active && e.def != nil
-		m.mu.Unlock()
-		if want {
-			if err := m.Start(ctx, name); err != nil {
-				m.note(e, err)
-				m.logf("autostart pool %s: %v", name, err)
-			}
-		}
-	}
+	m.pools.Autostart(ctx, func(e *entry) bool { return !e.active && e.def != nil }, m.Start, m.logf)
 }
 
 // State is "inactive" or "running", and ", autostart" when marked so;
@@ -511,21 +440,14 @@ func (m *Manager) State(name string) (string, error) {
 	case e.active:
 		s = "running"
 	}
-	if e.autostart {
+	if e.Autostart {
 		s += " autostart"
 	}
 	return s, nil
 }
 
 // LastError is the message of the pool's last failed command.
-func (m *Manager) LastError(name string) string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if e := m.pools[name]; e != nil {
-		return e.lastErr
-	}
-	return ""
-}
+func (m *Manager) LastError(name string) string { return m.pools.LastError(name) }
 
 // hostSupports tells what the host lacks for a pool type.
 func hostSupports(p *Pool) error {

@@ -122,8 +122,8 @@ func (m *Manager) CreateVolume(pool, vol string) error {
 	if !NameRE.MatchString(vol) {
 		return errkind.Errorf(kindInvalid, "volume name %q: use letters, digits and _ . + - (not starting with . + -)", vol)
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	p, err := m.active(e, "create a volume in")
 	if err != nil {
 		return err
@@ -146,8 +146,8 @@ func (m *Manager) DeleteVolume(pool, vol string) error {
 	if err != nil {
 		return err
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	m.mu.Lock()
 	slot := e.slots[vol]
 	delete(e.slots, vol)
@@ -309,8 +309,8 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 	if v.Name != vol {
 		return errkind.Errorf(kindInvalid, "create volume %s/%s: the XML names it %q", pool, vol, v.Name)
 	}
-	e.op.Lock()
-	defer e.op.Unlock()
+	e.Op.Lock()
+	defer e.Op.Unlock()
 	p, err := m.active(e, "create a volume in")
 	if err != nil {
 		return err
