@@ -186,6 +186,27 @@ func qcowXML(name, img string) string {
 	return strings.Replace(minimalXML(name), "<devices>", fmt.Sprintf(`<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>`, img), 1)
 }
 
+// qcowDomain is a driver with domain "a" defined on a new qcow2 image
+// (img), started when start is true.
+func qcowDomain(t *testing.T, start bool) (*Driver, context.Context, string) {
+	t.Helper()
+	needQemuImg(t)
+	d := newDriver(t)
+	ctx := context.Background()
+	img := filepath.Join(d.inst.LibDir, "a.qcow2")
+	mkQcow(t, img)
+	d.Create("a")
+	if err := d.Define("a", []byte(qcowXML("a", img))); err != nil {
+		t.Fatal(err)
+	}
+	if start {
+		if err := d.Control(ctx, "a", "start"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d, ctx, img
+}
+
 func needQemuImg(t *testing.T) {
 	t.Helper()
 	for _, b := range []string{"qemu-img", "qemu-io"} {
@@ -236,15 +257,7 @@ func imgSnapshots(t *testing.T, img string) string {
 // Driver, delete with re-parenting, an external snapshot switching the
 // definition to its overlay, and refusals that change nothing.
 func TestSnapshotOffline(t *testing.T) {
-	needQemuImg(t)
-	d := newDriver(t)
-	ctx := context.Background()
-	img := filepath.Join(d.inst.LibDir, "a.qcow2")
-	mkQcow(t, img)
-	d.Create("a")
-	if err := d.Define("a", []byte(qcowXML("a", img))); err != nil {
-		t.Fatal(err)
-	}
+	d, ctx, img := qcowDomain(t, false)
 	qemuIO(t, img, "write -P 0xaa 0 64k")
 	if err := d.SnapshotCreate(ctx, "a", "s1"); err != nil {
 		t.Fatal(err)
@@ -426,18 +439,7 @@ func hmp(t *testing.T, d *Driver, name, line string) string {
 // snapshot's memory; an external snapshot of the running guest switches
 // QEMU and both definitions to the overlay.
 func TestSnapshotRunning(t *testing.T) {
-	needQemuImg(t)
-	d := newDriver(t)
-	ctx := context.Background()
-	img := filepath.Join(d.inst.LibDir, "a.qcow2")
-	mkQcow(t, img)
-	d.Create("a")
-	if err := d.Define("a", []byte(qcowXML("a", img))); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Control(ctx, "a", "start"); err != nil {
-		t.Fatal(err)
-	}
+	d, ctx, img := qcowDomain(t, true)
 	// qemu-io through the disk's own device, as the guest writes. (Its
 	// report goes to QEMU's stdout, so what it wrote is checked on the
 	// image once QEMU is gone.)
@@ -654,18 +656,7 @@ func TestSnapshotRevertRedefined(t *testing.T) {
 // TestSnapshotReattached: a guest a restarted daemon re-attached to takes
 // and deletes snapshots like one it started.
 func TestSnapshotReattached(t *testing.T) {
-	needQemuImg(t)
-	d := newDriver(t)
-	ctx := context.Background()
-	img := filepath.Join(d.inst.LibDir, "a.qcow2")
-	mkQcow(t, img)
-	d.Create("a")
-	if err := d.Define("a", []byte(qcowXML("a", img))); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Control(ctx, "a", "start"); err != nil {
-		t.Fatal(err)
-	}
+	d, ctx, img := qcowDomain(t, true)
 	d.Close()
 	d2, err := New(Options{Instance: d.inst, Config: instance.DefaultConfig(instance.Embedded), Caps: d.caps, Version: "test"})
 	if err != nil {
