@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/qemufs/qemufs/domain"
@@ -420,9 +421,29 @@ func (t destTree) write(file, data string) error {
 		return nil
 	}
 	if reason := t.lastError(); reason != "" {
-		return fmt.Errorf("%s (%v)", reason, unwrapPathError(err))
+		return fmt.Errorf("%s (%w)", reason, unwrapPathError(err))
 	}
 	return err
+}
+
+// refusalKind is the kind of a refusal the destination's tree answered
+// a write with, from its errno; def when the errno says nothing more
+// (a remote tree's sshfs turns most into EIO or EPERM).
+func refusalKind(err, def error) error {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		switch e {
+		case syscall.EINVAL:
+			return ErrInvalid
+		case syscall.EBUSY:
+			return ErrBusy
+		case syscall.EEXIST:
+			return ErrExist
+		case syscall.ENODEV:
+			return ErrNoDevice
+		}
+	}
+	return def
 }
 
 func (t destTree) lastError() string {
@@ -555,7 +576,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	xml := r.savedXML()
 	if err := t.write("incoming.xml", string(xml)); err != nil {
 		cleanDest()
-		return fail(ErrInvalid, "the destination refused the guest: %v", err)
+		return fail(refusalKind(err, ErrInvalid), "the destination refused the guest: %v", err)
 	}
 	listen := "tcp:0.0.0.0:0"
 	if o.uri != "" {
@@ -579,7 +600,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	}
 	if err := t.write("ctl", line+"\n"); err != nil {
 		cleanDest()
-		return fail(ErrIO, "the destination refused the guest: %v", err)
+		return fail(refusalKind(err, ErrIO), "the destination refused the guest: %v", err)
 	}
 	abortDest := func() {
 		if err := t.write("ctl", "migrate-abort\n"); err != nil {
@@ -1022,6 +1043,13 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 	dm.mu.Unlock()
 	if active {
 		return errorf(ErrBusy, "migrate-incoming %s: the domain is already running", dm.name)
+	}
+	if postcopy {
+		// Refused before QEMU starts or any disk is made: QEMU would
+		// refuse only once it runs, with a reason that says less.
+		if err := checkUserfaultfd(userfaultfdSysctl, d.qemuHasPtrace(j.def)); err != nil {
+			return errorf(ErrInvalid, "migrate-incoming %s: %v", dm.name, err)
+		}
 	}
 	j.set(func(j *migrationJob) { j.postcopy = postcopy })
 	// Disks this host lacks: made empty here for the source to copy into,
