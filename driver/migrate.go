@@ -1080,6 +1080,12 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 		j.set(func(j *migrationJob) { j.phase, j.err = "failed", err.Error() })
 		return err
 	}
+	if timeout := d.incomingTimeout(); timeout > 0 {
+		dm.mu.Lock()
+		r := dm.run
+		dm.mu.Unlock()
+		go d.watchIncoming(dm, r, j, timeout)
+	}
 	return nil
 }
 
@@ -1261,9 +1267,16 @@ func (d *Driver) abortIncoming(ctx context.Context, dm *dom) error {
 	if j == nil || j.outgoing {
 		return errorf(ErrInvalid, "migrate-abort %s: no incoming migration", dm.name)
 	}
+	return d.endIncoming(dm, j, "aborted by the source")
+}
+
+// endIncoming ends the QEMU of incoming migration j, which failed for
+// why, removes the disks it made and leaves the domain as it was before:
+// an empty slot, or the persistent definition shut off. dm.op is held.
+func (d *Driver) endIncoming(dm *dom, j *migrationJob, why string) error {
 	j.set(func(j *migrationJob) {
 		if j.phase != "failed" {
-			j.phase, j.err = "failed", "aborted by the source"
+			j.phase, j.err = "failed", why
 		}
 		j.ended = time.Now()
 	})

@@ -50,7 +50,15 @@ type Config struct {
 	LogTimestamp bool
 	// SetProcessName adds process=qemu:NAME to -name.
 	SetProcessName bool
+	// MigrationIncomingTimeout is how many seconds a destination waits
+	// for an incoming migration's data to start arriving before it
+	// aborts the waiting guest (qemufs's own key); 0 waits for ever.
+	MigrationIncomingTimeout int
 }
+
+// DefaultMigrationIncomingTimeout is migration_incoming_timeout's default,
+// in seconds.
+const DefaultMigrationIncomingTimeout = 300
 
 // DefaultConfig returns the built-in settings for an instance kind.
 func DefaultConfig(k Kind) *Config {
@@ -62,6 +70,8 @@ func DefaultConfig(k Kind) *Config {
 		RemoteDisplayPortMin: 5900,
 		RemoteDisplayPortMax: 65535,
 		LogTimestamp:         true,
+
+		MigrationIncomingTimeout: DefaultMigrationIncomingTimeout,
 	}
 	if k == System {
 		c.User, c.Group = DefaultQEMUUser, DefaultQEMUUser
@@ -192,20 +202,21 @@ var keys = map[string]setter{
 	"security_require_confined": boolean(func(c *Config) *bool { return &c.SecurityRequireConfined }),
 	"cgroup_controllers": stringList(func(c *Config) *[]string { return &c.CgroupControllers },
 		"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "net_cls", "perf_event", "name=systemd", "pids", "io"),
-	"cgroup_device_acl":       stringList(func(c *Config) *[]string { return &c.CgroupDeviceACL }),
-	"namespaces":              stringList(func(c *Config) *[]string { return &c.Namespaces }, "mount"),
-	"seccomp_sandbox":         integer(func(c *Config) *int { return &c.SeccompSandbox }, -1, 1),
-	"vnc_listen":              str(func(c *Config) *string { return &c.VNCListen }),
-	"vnc_auto_unix_socket":    boolean(func(c *Config) *bool { return &c.VNCAutoUnixSocket }),
-	"spice_listen":            str(func(c *Config) *string { return &c.SpiceListen }),
-	"remote_display_port_min": integer(func(c *Config) *int { return &c.RemoteDisplayPortMin }, 5900, 65535),
-	"remote_display_port_max": integer(func(c *Config) *int { return &c.RemoteDisplayPortMax }, 5900, 65535),
-	"emulator_paths":          stringList(func(c *Config) *[]string { return &c.EmulatorPaths }),
-	"admin_group":             str(func(c *Config) *string { return &c.AdminGroup }),
-	"read_group":              str(func(c *Config) *string { return &c.ReadGroup }),
-	"auto_start_delay":        integer(func(c *Config) *int { return &c.AutoStartDelay }, 0, 1<<31-1),
-	"log_timestamp":           boolean(func(c *Config) *bool { return &c.LogTimestamp }),
-	"set_process_name":        boolean(func(c *Config) *bool { return &c.SetProcessName }),
+	"cgroup_device_acl":          stringList(func(c *Config) *[]string { return &c.CgroupDeviceACL }),
+	"namespaces":                 stringList(func(c *Config) *[]string { return &c.Namespaces }, "mount"),
+	"seccomp_sandbox":            integer(func(c *Config) *int { return &c.SeccompSandbox }, -1, 1),
+	"vnc_listen":                 str(func(c *Config) *string { return &c.VNCListen }),
+	"vnc_auto_unix_socket":       boolean(func(c *Config) *bool { return &c.VNCAutoUnixSocket }),
+	"spice_listen":               str(func(c *Config) *string { return &c.SpiceListen }),
+	"remote_display_port_min":    integer(func(c *Config) *int { return &c.RemoteDisplayPortMin }, 5900, 65535),
+	"remote_display_port_max":    integer(func(c *Config) *int { return &c.RemoteDisplayPortMax }, 5900, 65535),
+	"emulator_paths":             stringList(func(c *Config) *[]string { return &c.EmulatorPaths }),
+	"admin_group":                str(func(c *Config) *string { return &c.AdminGroup }),
+	"read_group":                 str(func(c *Config) *string { return &c.ReadGroup }),
+	"auto_start_delay":           integer(func(c *Config) *int { return &c.AutoStartDelay }, 0, 1<<31-1),
+	"log_timestamp":              boolean(func(c *Config) *bool { return &c.LogTimestamp }),
+	"set_process_name":           boolean(func(c *Config) *bool { return &c.SetProcessName }),
+	"migration_incoming_timeout": integer(func(c *Config) *int { return &c.MigrationIncomingTimeout }, 0, 1<<31-1),
 }
 
 // KnownKeys lists the qemu.conf keys qemufs acts on.

@@ -480,16 +480,21 @@ func TestMigratePostcopy(t *testing.T) {
 // TestMigrateDaemonKilled: the source daemon dies (kill -9, through the
 // fault points) after the destination prepared the incoming guest, and
 // after QEMU sent the whole guest but before the destination runs it. After
-// a remount no guest is lost and both states are true; what is left
-// half-way (the waiting incoming guest; the guest paused at both ends) is
-// settled through the destination's ctl, as after a failed libvirt
-// migration.
+// a remount no guest is lost and both states are true. The destination
+// bounds its wait for data (migration_incoming_timeout, 15 s here): the
+// guest waiting for a source that never sends is aborted by the
+// destination itself, the reason in its error; the guest whose data all
+// arrived is not, and is settled through the destination's ctl, as after
+// a failed libvirt migration.
 func TestMigrateDaemonKilled(t *testing.T) {
 	t.Parallel()
+	const bound = "15s"
 	for _, point := range []string{"migrate.prepared", "migrate.sent"} {
 		t.Run(point, func(t *testing.T) {
 			t.Parallel()
-			src, dst, _, b := twoHosts(t)
+			a, b := harness.NewHostPair(t)
+			src := harness.Start(t, harness.Options{Wrap: a.Wrap()})
+			dst := harness.Start(t, harness.Options{Wrap: b.Wrap(), QEMUConf: "migration_incoming_timeout = 15\n"})
 			src.Define("g", strings.Replace(cheapXML("g", 64), "</os>", "</os><features><acpi/></features>", 1))
 			src.MustCtl("g", "start")
 			pid := src.Pid("g")
@@ -508,21 +513,31 @@ func TestMigrateDaemonKilled(t *testing.T) {
 			if got := src.Pid("g"); got != pid || !harness.Alive(pid) {
 				t.Fatalf("source guest: pid %d (was %d), alive %v: the guest was lost", got, pid, harness.Alive(pid))
 			}
-			if st := dst.State("g"); st != "paused (migrating)" {
-				t.Errorf("destination state %q, want paused (migrating)", st)
-			}
 			switch point {
 			case "migrate.prepared":
 				// Nothing moved: the source runs on; the destination's
-				// waiting guest is aborted, and a new migration works.
+				// waiting guest is aborted once the bound expires (it
+				// may have been already), and a new migration works.
 				if st := src.State("g"); !strings.HasPrefix(st, "running") {
 					t.Errorf("source state %q, want running", st)
 				}
-				if err := dst.Ctl("g", "migrate-abort"); err != nil {
-					t.Fatalf("abort at the destination: %v", err)
+				if st := dst.State("g"); st != "paused (migrating)" && st != "undefined" {
+					t.Errorf("destination state %q, want paused (migrating) until the bound expires", st)
+				}
+				dpid := dst.Pid("g")
+				dst.WaitState("g", "undefined", migrateTimeout)
+				msg := dst.ErrorOf("g")
+				for _, want := range []string{"no migration data arrived from the source within " + bound, "still at the source"} {
+					if !strings.Contains(msg, want) {
+						t.Errorf("the destination's error %q lacks %q", msg, want)
+					}
+				}
+				t.Logf("the destination's error: %s", msg)
+				if dpid > 0 && harness.Alive(dpid) {
+					t.Errorf("the destination's waiting QEMU (pid %d) still runs", dpid)
 				}
 				if err := src.Ctl("g", "migrate "+dst.Dir+" --live --uri tcp:"+b.Addr); err != nil {
-					t.Fatalf("migrate again: %v", err)
+					t.Fatalf("migrate again: %v: %s", err, src.ErrorOf("g"))
 				}
 				if st := dst.State("g"); st != "running (migrated)" {
 					t.Errorf("destination after the new migration: %q", st)
@@ -530,9 +545,17 @@ func TestMigrateDaemonKilled(t *testing.T) {
 				dst.MustCtl("g", "destroy")
 			case "migrate.sent":
 				// The whole guest is at the destination, paused at both
-				// ends: the destination runs it, the source's copy goes.
+				// ends; the bound does not end it (its data arrived):
+				// the destination runs it, the source's copy goes.
+				if st := dst.State("g"); st != "paused (migrating)" {
+					t.Errorf("destination state %q, want paused (migrating)", st)
+				}
 				if st := src.State("g"); !strings.HasPrefix(st, "paused") {
 					t.Errorf("source state %q, want paused (QEMU sent the guest)", st)
+				}
+				waitLogLine(t, dst, "g", "data is arriving (QEMU's incoming migration is completed)")
+				if st := dst.State("g"); st != "paused (migrating)" {
+					t.Errorf("destination state %q after the bound expired, want paused (migrating)", st)
 				}
 				if err := dst.Ctl("g", "migrate-finish"); err != nil {
 					t.Fatalf("finish at the destination: %v", err)
@@ -544,5 +567,17 @@ func TestMigrateDaemonKilled(t *testing.T) {
 				dst.MustCtl("g", "destroy")
 			}
 		})
+	}
+}
+
+// waitLogLine waits until NAME's QEMU log at m has a line containing want.
+func waitLogLine(t *testing.T, m *harness.Mount, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(migrateTimeout)
+	for !strings.Contains(m.QEMULog(name), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's log has no %q:\n%s", name, want, m.QEMULog(name))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
