@@ -272,7 +272,8 @@ func TestMigrateFailures(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(migrateTimeout)
 		for time.Now().Before(deadline) {
-			if strings.Contains(src.Read("g", "migration"), "Phase:                     migrating") && dst.Pid("g") > 0 {
+			info := src.Read("g", "migration")
+			if strings.Contains(info, "Phase:                     migrating") && dataProcessed(info) > 0 && dst.Pid("g") > 0 {
 				return
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -378,6 +379,17 @@ const uffdSysctl = "/proc/sys/vm/unprivileged_userfaultfd"
 // memDirtier, typed into the guest's shell, rewrites 16 MiB of its memory
 // (a file in its RAM root) five times a second.
 const memDirtier = "dd if=/dev/urandom of=/dirty.src bs=1M count=16 2>/dev/null; while :; do cp /dirty.src /dirty; sleep 0.2; done &\n"
+
+// dataProcessed is the "Data processed" of a migration file, in MiB.
+func dataProcessed(info string) float64 {
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(l, "Data processed:"); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " MiB"), 64)
+			return n
+		}
+	}
+	return 0
+}
 
 // TestMigratePostcopy: with vm.unprivileged_userfaultfd=0 the destination
 // refuses a post-copy migration before anything moves (QEMU runs without
