@@ -64,6 +64,10 @@ type run struct {
 	done     chan struct{} // closed when cleanup has finished
 	detached chan struct{} // closed to stop supervising without cleanup
 
+	// pendingEnd runs the cleanup of a pending re-attach once
+	// (reattach_pending.go).
+	pendingEnd sync.Once
+
 	// migWake gets a token on each MIGRATION and MIGRATION_PASS event: a
 	// migration waits on it for QEMU's next change instead of polling.
 	migWake chan struct{}
