@@ -73,6 +73,10 @@ type Driver struct {
 	logf   func(format string, args ...any)
 	ports  *portAllocator
 
+	// incomingTimer, when set, replaces time.After for the bound on an
+	// incoming migration's wait (tests fire it when they choose).
+	incomingTimer func(time.Duration) <-chan time.Time
+
 	mu      sync.Mutex
 	doms    map[string]*dom
 	closing bool

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/qemufs/qemufs/domain"
@@ -29,14 +30,19 @@ const (
 	// migrateStallTimeout cancels a migration whose stream stops moving:
 	// a cut network never fails a TCP send quickly by itself.
 	migrateStallTimeout = 30 * time.Second
-	// migratePoll is how often the source looks at query-migrate.
-	migratePoll = 20 * time.Millisecond
+	// migrateProgress is how often the source looks at query-migrate
+	// besides QEMU's MIGRATION events, for the progress it shows.
+	migrateProgress = 100 * time.Millisecond
 	// migrateDestCheck is how often the source looks at the destination's
 	// state during a migration (a destination QEMU that died).
 	migrateDestCheck = 2 * time.Second
 	// incomingFinishTimeout bounds how long the destination waits for its
 	// QEMU to have loaded the whole state once the source says it is sent.
 	incomingFinishTimeout = 60 * time.Second
+	// incomingFinishPoll is how often the destination looks at
+	// query-migrate while it waits for its QEMU to have loaded the
+	// state, besides QEMU's MIGRATION events.
+	incomingFinishPoll = 100 * time.Millisecond
 )
 
 // migrateOptions are the words of `migrate DEST ...`.
@@ -420,9 +426,29 @@ func (t destTree) write(file, data string) error {
 		return nil
 	}
 	if reason := t.lastError(); reason != "" {
-		return fmt.Errorf("%s (%v)", reason, unwrapPathError(err))
+		return fmt.Errorf("%s (%w)", reason, unwrapPathError(err))
 	}
 	return err
+}
+
+// refusalKind is the kind of a refusal the destination's tree answered
+// a write with, from its errno; def when the errno says nothing more
+// (a remote tree's sshfs turns most into EIO or EPERM).
+func refusalKind(err, def error) error {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		switch e {
+		case syscall.EINVAL:
+			return ErrInvalid
+		case syscall.EBUSY:
+			return ErrBusy
+		case syscall.EEXIST:
+			return ErrExist
+		case syscall.ENODEV:
+			return ErrNoDevice
+		}
+	}
+	return def
 }
 
 func (t destTree) lastError() string {
@@ -506,12 +532,58 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 		})
 	}()
 
-	// 1. The destination: a qemufs tree other than ours, that can run
-	// this guest.
-	if err := d.checkDestination(o.dest, guest); err != nil {
+	// 1. The destination: a qemufs tree other than ours (before anything
+	// is written there), that can run this guest. The second check only
+	// reads the destination's files: it runs while the destination
+	// prepares (3), together with the setup of this QEMU's migration, and
+	// the migration waits for both before anything moves; a failed check
+	// undoes the preparation.
+	if err := d.checkDestTree(o.dest); err != nil {
 		return fail(Kind(err), "%v", err)
 	}
 	t := destTree{dir: o.dest, name: name}
+	ready := make(chan error, 1)
+	go func() {
+		if err := d.checkDestHost(o.dest, guest); err != nil {
+			ready <- fail(Kind(err), "%v", err)
+			return
+		}
+		if !o.offline {
+			if err := r.setMigrationParams(ctx, o); err != nil {
+				ready <- fail(ErrIO, "setting up this QEMU's migration: %v", err)
+				return
+			}
+		}
+		ready <- nil
+	}()
+	readyErr, waited := error(nil), false
+	waitReady := func() error {
+		if !waited {
+			readyErr, waited = <-ready, true
+		}
+		return readyErr
+	}
+	split := false // a post-copy failure: the guest cannot continue here
+	defer func() {
+		if err != nil && !o.offline && !split {
+			waitReady()
+			r.resetMigrationParams()
+		}
+	}()
+	// refuse is a failure before anything moved: the check's reason comes
+	// first (a destination that cannot run the guest may refuse it for
+	// that very reason, in less precise words).
+	refuse := func(kind error, format string, args ...any) error {
+		if err := waitReady(); err != nil {
+			return err
+		}
+		return fail(kind, format, args...)
+	}
+	if o.offline {
+		if err := waitReady(); err != nil {
+			return err
+		}
+	}
 
 	// 2. The domain's directory there.
 	created := false
@@ -521,13 +593,13 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	case errors.Is(err, os.ErrExist):
 		st, err := t.state()
 		if err != nil {
-			return fail(ErrIO, "reading the destination's %s/state: %v", name, err)
+			return refuse(ErrIO, "reading the destination's %s/state: %v", name, err)
 		}
 		if !strings.HasPrefix(st, string(StateUndefined)) && !strings.HasPrefix(st, string(StateShutoff)) {
-			return fail(ErrBusy, "the domain is %s at the destination", st)
+			return refuse(ErrBusy, "the domain is %s at the destination", st)
 		}
 	default:
-		return fail(ErrIO, "creating the domain at the destination: %v", err)
+		return refuse(ErrIO, "creating the domain at the destination: %v", err)
 	}
 	cleanDest := func() {
 		if created {
@@ -555,7 +627,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	xml := r.savedXML()
 	if err := t.write("incoming.xml", string(xml)); err != nil {
 		cleanDest()
-		return fail(ErrInvalid, "the destination refused the guest: %v", err)
+		return refuse(refusalKind(err, ErrInvalid), "the destination refused the guest: %v", err)
 	}
 	listen := "tcp:0.0.0.0:0"
 	if o.uri != "" {
@@ -573,13 +645,13 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 		words, err := r.copySizes(ctx)
 		if err != nil {
 			cleanDest()
-			return fail(ErrIO, "%v", err)
+			return refuse(ErrIO, "%v", err)
 		}
 		line += " " + strings.Join(words, " ")
 	}
 	if err := t.write("ctl", line+"\n"); err != nil {
 		cleanDest()
-		return fail(ErrIO, "the destination refused the guest: %v", err)
+		return refuse(refusalKind(err, ErrIO), "the destination refused the guest: %v", err)
 	}
 	abortDest := func() {
 		if err := t.write("ctl", "migrate-abort\n"); err != nil {
@@ -590,7 +662,11 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	uri, err := t.incomingURI(o.uri)
 	if err != nil {
 		abortDest()
-		return fail(ErrIO, "%v", err)
+		return refuse(ErrIO, "%v", err)
+	}
+	if err := waitReady(); err != nil {
+		abortDest()
+		return err
 	}
 	var mirrors []mirror
 	if o.copyStorage {
@@ -623,6 +699,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	if errors.As(sendErr, &pce) {
 		// Neither end has the whole guest: libvirt leaves it paused
 		// ("post-copy failed") for the user to destroy.
+		split = true
 		dm.setState(StatePaused, ReasonPostcopyFailed)
 		d.appendLog(r.files.Log, "post-copy migration failed: %v", pce.err)
 		return fail(ErrIO, "%v; the guest's memory is split between both ends and it cannot continue at either: destroy it (here and at the destination)", pce.err)
@@ -639,6 +716,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 	job.enter("finishing")
 	if err := t.write("ctl", "migrate-finish\n"); err != nil {
 		if job.postcopyRan {
+			split = true
 			dm.setState(StatePaused, ReasonPostcopyFailed)
 			return fail(ErrIO, "the destination could not complete the post-copy migration: %v; the guest's memory is split between both ends and it cannot continue at either: destroy it", err)
 		}
@@ -648,6 +726,7 @@ func (d *Driver) migrate(ctx context.Context, dm *dom, o migrateOptions) (err er
 		return fail(ErrIO, "the destination could not run the guest: %v; the guest keeps running here", err)
 	}
 	d.appendLog(r.files.Log, "migrated to %s", o.dest)
+	job.enter("ending")
 	r.kill(ReasonMigrated)
 	<-r.done
 	var defErr error
@@ -703,23 +782,60 @@ func (t destTree) incomingURI(asked string) (string, error) {
 	return "", fmt.Errorf("the destination's %s/migration names no URI: %q", t.name, b)
 }
 
-// sendGuest runs QEMU's migration to uri and waits until it completed.
-func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrationJob, uri string, o migrateOptions, wasRunning bool) error {
+// unlimitedBandwidth is max-bandwidth without --bandwidth: no limit, as
+// libvirt sets (QEMU 7.2's own default is 128 MiB/s).
+const unlimitedBandwidth = int64(1) << 50
+
+// setMigrationParams sets this QEMU's migration capabilities and
+// parameters for o: XBZRLE, post-copy, the MIGRATION events the
+// migration waits on, and max-bandwidth.
+func (r *run) setMigrationParams(ctx context.Context, o migrateOptions) error {
 	caps := []map[string]any{
 		{"capability": "xbzrle", "state": o.compressed},
 		{"capability": "postcopy-ram", "state": o.postcopy},
 		{"capability": "events", "state": true},
 	}
 	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
-		return errorf(ErrIO, "%w", err)
+		return fmt.Errorf("migrate-set-capabilities: %w", err)
 	}
-	params := map[string]any{"max-bandwidth": int64(1) << 50}
+	params := map[string]any{"max-bandwidth": unlimitedBandwidth}
 	if o.bandwidth > 0 {
 		params["max-bandwidth"] = o.bandwidth << 20
 	}
 	if err := r.mon.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
-		return errorf(ErrIO, "%w", err)
+		return fmt.Errorf("migrate-set-parameters: %w", err)
 	}
+	return nil
+}
+
+// resetMigrationParams turns off the capabilities a failed migration set
+// on the QEMU that keeps the guest: a later save (QEMU's migration to a
+// file) would otherwise carry them, and an image saved with post-copy
+// advised cannot be restored where post-copy is off. (max-bandwidth need
+// not be: save sets its own.)
+func (r *run) resetMigrationParams() {
+	select {
+	case <-r.proc.Done():
+		return
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	caps := []map[string]any{
+		{"capability": "xbzrle", "state": false},
+		{"capability": "postcopy-ram", "state": false},
+	}
+	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+		r.d.appendLog(r.files.Log, "migration: resetting the capabilities after the failure: %v", err)
+	}
+}
+
+// sendGuest runs QEMU's migration to uri and waits until it completed.
+// It looks at query-migrate on each MIGRATION and MIGRATION_PASS event of
+// QEMU's, and every migrateProgress for the progress shown in
+// NAME/migration and the checks that no event marks (a stalled stream, a
+// destination gone).
+func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrationJob, uri string, o migrateOptions, wasRunning bool) error {
 	r.mu.Lock()
 	r.pauseReason = ReasonMigrating // QEMU's STOP at the end (or ours, below)
 	r.mu.Unlock()
@@ -742,10 +858,14 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 			if err != nil || st.Status == "cancelled" || st.Status == "failed" || st.Status == "completed" || st.Status == "none" {
 				return
 			}
-			time.Sleep(50 * time.Millisecond)
+			select {
+			case <-r.migWake:
+			case <-time.After(50 * time.Millisecond):
+			case <-c.Done():
+			}
 		}
 	}
-	tick := time.NewTicker(migratePoll)
+	tick := time.NewTicker(migrateProgress)
 	defer tick.Stop()
 	last, lastMove, lastDest := int64(-1), time.Now(), time.Now()
 	postcopyStarted, postcopyRunning := false, false
@@ -756,6 +876,7 @@ func (d *Driver) sendGuest(ctx context.Context, r *run, t destTree, job *migrati
 		case <-ctx.Done():
 			cancel()
 			return errorf(ErrInterrupted, "interrupted; the migration was cancelled")
+		case <-r.migWake:
 		case <-tick.C:
 		}
 		st, err := r.queryMigrateStats(ctx)
@@ -1023,7 +1144,15 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 	if active {
 		return errorf(ErrBusy, "migrate-incoming %s: the domain is already running", dm.name)
 	}
+	if postcopy {
+		// Refused before QEMU starts or any disk is made: QEMU would
+		// refuse only once it runs, with a reason that says less.
+		if err := checkUserfaultfd(userfaultfdSysctl, d.qemuHasPtrace(j.def)); err != nil {
+			return errorf(ErrInvalid, "migrate-incoming %s: %v", dm.name, err)
+		}
+	}
 	j.set(func(j *migrationJob) { j.postcopy = postcopy })
+	j.enter("starting")
 	// Disks this host lacks: made empty here for the source to copy into,
 	// or the reason the migration is refused.
 	for _, m := range j.missingDisks {
@@ -1052,6 +1181,12 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 		j.set(func(j *migrationJob) { j.phase, j.err = "failed", err.Error() })
 		return err
 	}
+	if timeout := d.incomingTimeout(); timeout > 0 {
+		dm.mu.Lock()
+		r := dm.run
+		dm.mu.Unlock()
+		go d.watchIncoming(dm, r, j, timeout)
+	}
 	return nil
 }
 
@@ -1072,6 +1207,7 @@ func (d *Driver) listenIncoming(ctx context.Context, r *run, in *incomingMigrati
 	caps := []map[string]any{
 		{"capability": "xbzrle", "state": in.compressed},
 		{"capability": "postcopy-ram", "state": in.postcopy},
+		{"capability": "events", "state": true}, // finishIncoming waits on them
 	}
 	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
 		return errorf(ErrIO, "migrate-incoming %s: %w%s", name, err, logTail(r.files.Log))
@@ -1102,6 +1238,7 @@ func (d *Driver) listenIncoming(ctx context.Context, r *run, in *incomingMigrati
 	}
 	in.job.set(func(j *migrationJob) {
 		j.uri = "tcp:" + net.JoinHostPort(host, port)
+		j.closePhase()
 		j.phase = "listening"
 		j.stats = st
 	})
@@ -1152,8 +1289,10 @@ func (d *Driver) finishIncoming(ctx context.Context, dm *dom) (err error) {
 	inPostcopy := dm.state == StateRunning && dm.reason == ReasonPostcopy
 	dm.mu.Unlock()
 	switchedToPostcopy := false
+	j.enter("finishing")
 	defer func() {
 		j.set(func(j *migrationJob) {
+			j.closePhase()
 			switch {
 			case err != nil:
 				j.ended = time.Now()
@@ -1170,7 +1309,7 @@ func (d *Driver) finishIncoming(ctx context.Context, dm *dom) (err error) {
 	if inPostcopy {
 		deadline = time.Now().Add(loadTimeout) // the rest of memory still comes
 	}
-	for pause := time.Millisecond; ; pause = min(2*pause, 50*time.Millisecond) {
+	for {
 		st, err := r.queryMigrateStats(ctx)
 		if err != nil {
 			return errorf(ErrIO, "migrate-finish %s: query-migrate: %w", dm.name, err)
@@ -1201,7 +1340,8 @@ func (d *Driver) finishIncoming(ctx context.Context, dm *dom) (err error) {
 		select {
 		case <-r.proc.Done():
 			return errorf(ErrIO, "migrate-finish %s: QEMU ended (%s)%s", dm.name, r.proc.Exit(), logTail(r.files.Log))
-		case <-time.After(pause):
+		case <-r.migWake: // QEMU's MIGRATION event: the status changed
+		case <-time.After(incomingFinishPoll):
 		}
 	}
 	if inPostcopy {
@@ -1233,9 +1373,16 @@ func (d *Driver) abortIncoming(ctx context.Context, dm *dom) error {
 	if j == nil || j.outgoing {
 		return errorf(ErrInvalid, "migrate-abort %s: no incoming migration", dm.name)
 	}
+	return d.endIncoming(dm, j, "aborted by the source")
+}
+
+// endIncoming ends the QEMU of incoming migration j, which failed for
+// why, removes the disks it made and leaves the domain as it was before:
+// an empty slot, or the persistent definition shut off. dm.op is held.
+func (d *Driver) endIncoming(dm *dom, j *migrationJob, why string) error {
 	j.set(func(j *migrationJob) {
 		if j.phase != "failed" {
-			j.phase, j.err = "failed", "aborted by the source"
+			j.phase, j.err = "failed", why
 		}
 		j.ended = time.Now()
 	})

@@ -100,12 +100,9 @@ func cpuOf(def *domain.Domain) guestCPU {
 	return g
 }
 
-// checkDestination checks, before anything moves, that dest is the tree
-// of another qemufs instance that can run guest: its emulator, machine
-// type and domain type, and a compatible CPU (the reference's "Migration
-// CPU model compatibility"). Disk paths are checked by the destination
-// itself when it prepares (PrepareIncoming): only it knows what it sees.
-func (d *Driver) checkDestination(dest string, guest *domain.Domain) error {
+// checkDestTree checks that dest is the tree of another qemufs instance,
+// before anything is written there.
+func (d *Driver) checkDestTree(dest string) error {
 	ver, err := os.ReadFile(filepath.Join(dest, "version"))
 	if err != nil {
 		return errorf(ErrInvalid, "%s is not a qemufs tree (reading its version: %v)", dest, unwrapPathError(err))
@@ -113,24 +110,51 @@ func (d *Driver) checkDestination(dest string, guest *domain.Domain) error {
 	if !strings.HasPrefix(string(ver), "qemufs ") {
 		return errorf(ErrInvalid, "%s is not a qemufs tree (its version file says %q)", dest, firstLine(ver))
 	}
-	capsXML, err := os.ReadFile(filepath.Join(dest, "capabilities.xml"))
-	if err != nil {
-		return errorf(ErrIO, "reading the destination's capabilities.xml: %v", unwrapPathError(err))
+	if daemonPid(ver) != os.Getpid() {
+		return nil // our own tree names our pid
 	}
-	dc, err := parseHostCaps(capsXML)
+	// The same pid: this daemon, or one on another host (or in another
+	// pid namespace) that has it too.
+	dc, sc, err := d.hostCapsOf(dest)
 	if err != nil {
-		return errorf(ErrIO, "the destination's capabilities.xml: %v", err)
+		return err
 	}
-	sc, err := parseHostCaps(d.caps.XML())
-	if err != nil {
-		return errorf(ErrIO, "this host's capabilities: %v", err)
-	}
-	if pid := daemonPid(ver); pid == os.Getpid() && dc.Host.UUID == sc.Host.UUID {
+	if dc.Host.UUID == sc.Host.UUID {
 		return errorf(ErrInvalid, "%s is this instance's own tree; the destination must be another instance", dest)
+	}
+	return nil
+}
+
+// checkDestHost checks that the host whose tree is dest can run guest:
+// its emulator, machine type and domain type, and a compatible CPU (the
+// reference's "Migration CPU model compatibility"). It only reads dest,
+// so it may run while the destination prepares. Disk paths are checked
+// by the destination itself when it prepares (PrepareIncoming): only it
+// knows what it sees.
+func (d *Driver) checkDestHost(dest string, guest *domain.Domain) error {
+	dc, sc, err := d.hostCapsOf(dest)
+	if err != nil {
+		return err
 	}
 	return checkCompatible(guest, sc, dc, func(name string) ([]byte, error) {
 		return os.ReadFile(filepath.Join(dest, "domcapabilities", name))
 	})
+}
+
+// hostCapsOf reads the capabilities of the destination (dest) and of this
+// host.
+func (d *Driver) hostCapsOf(dest string) (dst, src *hostCaps, err error) {
+	capsXML, err := os.ReadFile(filepath.Join(dest, "capabilities.xml"))
+	if err != nil {
+		return nil, nil, errorf(ErrIO, "reading the destination's capabilities.xml: %v", unwrapPathError(err))
+	}
+	if dst, err = parseHostCaps(capsXML); err != nil {
+		return nil, nil, errorf(ErrIO, "the destination's capabilities.xml: %v", err)
+	}
+	if src, err = parseHostCaps(d.caps.XML()); err != nil {
+		return nil, nil, errorf(ErrIO, "this host's capabilities: %v", err)
+	}
+	return dst, src, nil
 }
 
 func firstLine(b []byte) string {

@@ -2,7 +2,11 @@ package driver
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/qemufs/qemufs/domain"
@@ -137,6 +141,56 @@ func TestCheckCompatible(t *testing.T) {
 			t.Errorf("%s: %v", c.name, err)
 		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
 			t.Errorf("%s: err %v, want %q", c.name, err, c.err)
+		}
+	}
+}
+
+// TestCheckUserfaultfd: post-copy is refused at the destination, with
+// what to do, when QEMU cannot have userfaultfd(2) there.
+func TestCheckUserfaultfd(t *testing.T) {
+	dir := t.TempDir()
+	sysctl := func(v string) string {
+		p := filepath.Join(dir, "v"+strings.TrimSpace(v))
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, c := range []struct {
+		name   string
+		path   string
+		ptrace bool
+		err    string // "" for allowed
+	}{
+		{"sysctl 1", sysctl("1\n"), false, ""},
+		{"sysctl 0", sysctl("0\n"), false, "set vm.unprivileged_userfaultfd=1 on the destination host"},
+		{"sysctl 0, QEMU with CAP_SYS_PTRACE", sysctl("0\n"), true, ""},
+		{"no sysctl: QEMU judges", filepath.Join(dir, "missing"), false, ""},
+		{"unreadable", dir, false, "cannot be read"},
+	} {
+		err := checkUserfaultfd(c.path, c.ptrace)
+		switch {
+		case c.err == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), "userfaultfd")):
+			t.Errorf("%s: err %v, want %q", c.name, err, c.err)
+		}
+	}
+}
+
+func TestRefusalKind(t *testing.T) {
+	for _, c := range []struct {
+		err       error
+		def, want error
+	}{
+		{fmt.Errorf("no (%w)", syscall.EINVAL), ErrIO, ErrInvalid},
+		{fmt.Errorf("no (%w)", syscall.EBUSY), ErrIO, ErrBusy},
+		{fmt.Errorf("no (%w)", syscall.EEXIST), ErrInvalid, ErrExist},
+		{fmt.Errorf("no (%w)", syscall.EIO), ErrInvalid, ErrInvalid},
+		{errors.New("no"), ErrIO, ErrIO},
+	} {
+		if got := refusalKind(c.err, c.def); got != c.want {
+			t.Errorf("%v (default %v): %v, want %v", c.err, c.def, got, c.want)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 )
 
@@ -76,13 +75,15 @@ func (d *Driver) retryReattach(dm *dom, r *run, st *status) {
 }
 
 // endPending cleans up a pending run whose QEMU ended, once: both the
-// retry goroutine and destroy come here, the first one does it, and r.done
-// is closed when it is done.
+// retry goroutine and destroy come here, the first one does it (the other
+// waits for it), and r.done is closed when it is done. (It was a mark in a
+// map, removed after the cleanup: the later caller then cleaned up again
+// and closed r.done twice, a panic TestFaultReattachStopped hit.)
 func (d *Driver) endPending(dm *dom, r *run) {
-	if _, claimed := pendingEnds.LoadOrStore(r, true); claimed {
-		return
-	}
-	defer pendingEnds.Delete(r)
+	r.pendingEnd.Do(func() { d.endPendingOnce(dm, r) })
+}
+
+func (d *Driver) endPendingOnce(dm *dom, r *run) {
 	defer close(r.done)
 	d.releaseDead(r)
 	r.mu.Lock()
@@ -103,9 +104,6 @@ func (d *Driver) endPending(dm *dom, r *run) {
 	d.appendLog(r.files.Log, "QEMU (pid %d) ended while its re-attach was pending (%s)", r.proc.Pid, reason)
 	dm.publish(EventStopped, reason)
 }
-
-// pendingEnds marks the pending runs whose cleanup has begun.
-var pendingEnds sync.Map
 
 // pendingBusy is start's refusal while a re-attach is pending; nil when
 // none is. The caller holds dm.mu.

@@ -63,6 +63,14 @@ type run struct {
 
 	done     chan struct{} // closed when cleanup has finished
 	detached chan struct{} // closed to stop supervising without cleanup
+
+	// pendingEnd runs the cleanup of a pending re-attach once
+	// (reattach_pending.go).
+	pendingEnd sync.Once
+
+	// migWake gets a token on each MIGRATION and MIGRATION_PASS event: a
+	// migration waits on it for QEMU's next change instead of polling.
+	migWake chan struct{}
 }
 
 // shutdownEvent is QEMU's SHUTDOWN event data.
@@ -102,6 +110,7 @@ func newRun(d *Driver, dm *dom) *run {
 		taints:    map[string]bool{},
 		done:      make(chan struct{}),
 		detached:  make(chan struct{}),
+		migWake:   make(chan struct{}, 1),
 	}
 }
 
@@ -109,6 +118,12 @@ func newRun(d *Driver, dm *dom) *run {
 // It must not block: it records the event and hands it to handleEvents.
 func (r *run) onEvent(ev monitor.Event) {
 	r.qmpEvents.Write(append(append([]byte(nil), ev.Raw...), '\n'))
+	if ev.Name == "MIGRATION" || ev.Name == "MIGRATION_PASS" {
+		select {
+		case r.migWake <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
 	r.evq.push(ev)
 }
 

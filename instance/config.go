@@ -50,7 +50,15 @@ type Config struct {
 	LogTimestamp bool
 	// SetProcessName adds process=qemu:NAME to -name.
 	SetProcessName bool
+	// MigrationIncomingTimeout is how many seconds a destination waits
+	// for an incoming migration's data to start arriving before it
+	// aborts the waiting guest (qemufs's own key); 0 waits for ever.
+	MigrationIncomingTimeout int
 }
+
+// DefaultMigrationIncomingTimeout is migration_incoming_timeout's default,
+// in seconds.
+const DefaultMigrationIncomingTimeout = 300
 
 // DefaultConfig returns the built-in settings for an instance kind.
 func DefaultConfig(k Kind) *Config {
@@ -62,6 +70,8 @@ func DefaultConfig(k Kind) *Config {
 		RemoteDisplayPortMin: 5900,
 		RemoteDisplayPortMax: 65535,
 		LogTimestamp:         true,
+
+		MigrationIncomingTimeout: DefaultMigrationIncomingTimeout,
 	}
 	if k == System {
 		c.User, c.Group = DefaultQEMUUser, DefaultQEMUUser
@@ -206,6 +216,9 @@ var keys = map[string]setter{
 	"auto_start_delay":        integer(func(c *Config) *int { return &c.AutoStartDelay }, 0, 1<<31-1),
 	"log_timestamp":           boolean(func(c *Config) *bool { return &c.LogTimestamp }),
 	"set_process_name":        boolean(func(c *Config) *bool { return &c.SetProcessName }),
+
+	// qemufs's own (libvirt has no such key): docs/migration.md.
+	"migration_incoming_timeout": integer(func(c *Config) *int { return &c.MigrationIncomingTimeout }, 0, 1<<31-1),
 }
 
 // KnownKeys lists the qemu.conf keys qemufs acts on.

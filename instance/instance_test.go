@@ -128,6 +128,9 @@ remote_display_port_min = 5910
 		{name: "bad namespace", text: `namespaces = ["net"]`, wantErr: `"net" is not one of mount`},
 		{name: "port range", text: "remote_display_port_min = 6000\nremote_display_port_max = 5999", wantErr: "is above"},
 		{name: "port low", text: "remote_display_port_min = 10", wantErr: "out of range"},
+		{name: "incoming timeout", text: "migration_incoming_timeout = 0",
+			check: func(c *Config) bool { return c.MigrationIncomingTimeout == 0 }},
+		{name: "incoming timeout negative", text: "migration_incoming_timeout = -1", wantErr: "out of range"},
 		{name: "error line number", text: "user = \"a\"\n\n\ngroup = 3", wantErr: "4: group: expected a string"},
 	}
 	for _, tt := range tests {
@@ -158,7 +161,7 @@ func TestLoadConfigMissingAndDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.User != DefaultQEMUUser || !reflect.DeepEqual(c.Namespaces, []string{"mount"}) {
+	if c.User != DefaultQEMUUser || !reflect.DeepEqual(c.Namespaces, []string{"mount"}) || c.MigrationIncomingTimeout != DefaultMigrationIncomingTimeout {
 		t.Errorf("system defaults: %+v", c)
 	}
 	p := filepath.Join(t.TempDir(), "qemu.conf")

@@ -272,7 +272,8 @@ func TestMigrateFailures(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(migrateTimeout)
 		for time.Now().Before(deadline) {
-			if strings.Contains(src.Read("g", "migration"), "Phase:                     migrating") && dst.Pid("g") > 0 {
+			info := src.Read("g", "migration")
+			if strings.Contains(info, "Phase:                     migrating") && dataProcessed(info) > 0 && dst.Pid("g") > 0 {
 				return
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -371,40 +372,108 @@ func TestMigrateFailures(t *testing.T) {
 	}
 }
 
-// TestMigratePostcopy: a live migration throttled to 2 MiB/s switches to
-// post-copy after its first pass: the guest runs at the destination while
-// its memory still arrives, and its console continues there.
+// uffdSysctl lets processes without CAP_SYS_PTRACE (QEMU here) use
+// userfaultfd(2), which QEMU 7.2 needs for post-copy.
+const uffdSysctl = "/proc/sys/vm/unprivileged_userfaultfd"
+
+// memDirtier, typed into the guest's shell, rewrites 16 MiB of its memory
+// (a file in its RAM root) five times a second.
+const memDirtier = "dd if=/dev/urandom of=/dirty.src bs=1M count=16 2>/dev/null; while :; do cp /dirty.src /dirty; sleep 0.2; done &\n"
+
+// dataProcessed is the "Data processed" of a migration file, in MiB.
+func dataProcessed(info string) float64 {
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(l, "Data processed:"); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " MiB"), 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestMigratePostcopy: with vm.unprivileged_userfaultfd=0 the destination
+// refuses a post-copy migration before anything moves (QEMU runs without
+// CAP_SYS_PTRACE and QEMU 7.2 needs the userfaultfd(2) syscall), saying
+// what to do; the guest keeps running at the source and the destination
+// keeps nothing. With it at 1, a throttled live migration of a guest that
+// keeps dirtying its memory switches to post-copy after its first pass: the guest runs at the destination while
+// its memory still arrives, and its console continues there. The sysctl
+// is the host's, but no other test depends on it; its value is restored.
 func TestMigratePostcopy(t *testing.T) {
 	t.Parallel()
+	old, err := os.ReadFile(uffdSysctl)
+	if err != nil {
+		t.Skipf("this kernel has no %s (no userfaultfd): %v", uffdSysctl, err)
+	}
+	was := strings.TrimSpace(string(old))
+	setSysctl := func(v string) error {
+		if v == was {
+			return nil
+		}
+		return os.WriteFile(uffdSysctl, []byte(v+"\n"), 0o644)
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(uffdSysctl, []byte(was+"\n"), 0o644); err != nil {
+			t.Errorf("restoring %s to %s: %v", uffdSysctl, was, err)
+		}
+	})
 	src, dst, _, b := twoHosts(t)
 	g := harness.Guest(t)
 	src.Boot("g", harness.GuestXML(t, "g", guest.ActionNone, ""))
+	pid := src.Pid("g")
+	// 16 MiB/s: QEMU completes a pre-copy pass when what is left would
+	// go within its 300 ms downtime limit, 4.8 MiB here; the guest keeps
+	// 16 MiB of its memory dirty (memDirtier), so the migration cannot
+	// end before the switch to post-copy, whenever the switch comes.
+	cmd := "migrate " + dst.Dir + " --live --postcopy --bandwidth 16 --uri tcp:" + b.Addr
+
+	// (a) No userfaultfd for QEMU: refused before anything moves.
+	if err := setSysctl("0"); err != nil {
+		t.Logf("cannot set %s to 0 (%v): the refusal is not checked", uffdSysctl, err)
+	} else {
+		err := src.Ctl("g", cmd)
+		msg := src.ErrorOf("g")
+		if err == nil {
+			t.Fatalf("post-copy with vm.unprivileged_userfaultfd=0 succeeded")
+		}
+		for _, want := range []string{"userfaultfd", "set vm.unprivileged_userfaultfd=1 on the destination host"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("refusal %q lacks %q", msg, want)
+			}
+		}
+		if st := src.State("g"); st != "running (booted)" {
+			t.Errorf("source after the refused post-copy: %q, want untouched", st)
+		}
+		if src.Pid("g") != pid {
+			t.Errorf("source QEMU changed: %d, was %d", src.Pid("g"), pid)
+		}
+		if dst.Exists("g") {
+			t.Errorf("the destination kept the domain after refusing post-copy: %q", dst.State("g"))
+		}
+		if l := dst.QEMULog("g"); strings.Contains(l, "qemu-system") {
+			t.Errorf("the destination started a QEMU before refusing:\n%s", l)
+		}
+		t.Logf("refused: %s", msg)
+	}
+
+	// (b) With userfaultfd: post-copy.
+	if err := setSysctl("1"); err != nil {
+		t.Skipf("cannot set %s to 1 (%v): post-copy cannot run on this host", uffdSysctl, err)
+	}
 	before := src.Follow("g", "console")
-	if err := src.Send(counterLoop, "g", "console"); err != nil {
+	if err := src.Send(memDirtier+counterLoop, "g", "console"); err != nil {
 		t.Fatal(err)
 	}
 	c := waitCountAbove(t, before, 1, boot)
 	seen := c[len(c)-1]
-	if err := src.Ctl("g", "migrate "+dst.Dir+" --live --postcopy --bandwidth 2 --uri tcp:"+b.Addr); err != nil {
-		msg := src.ErrorOf("g")
-		if !strings.Contains(msg, "userfaultfd not available") {
-			t.Fatalf("migrate --postcopy: %v: %s\nsource log:\n%s\ndestination log:\n%s", err, msg, src.QEMULog("g"), dst.QEMULog("g"))
-		}
-		// QEMU 7.2 needs the userfaultfd(2) syscall, which this host
-		// denies to QEMU (vm.unprivileged_userfaultfd=0, and QEMU runs
-		// without CAP_SYS_PTRACE): the destination refuses, cleanly.
-		if st := src.State("g"); st != "running (migration canceled)" && st != "running (booted)" {
-			t.Errorf("source after the refused post-copy: %q", st)
-		}
-		if dst.Exists("g") {
-			t.Errorf("the destination kept the domain after refusing post-copy")
-		}
-		t.Skipf("post-copy is not available on this host: %s", msg)
+	if err := src.Ctl("g", cmd); err != nil {
+		t.Fatalf("migrate --postcopy: %v: %s\nsource log:\n%s\ndestination log:\n%s", err, src.ErrorOf("g"), src.QEMULog("g"), dst.QEMULog("g"))
 	}
 	info := src.Read("g", "migration")
 	if !strings.Contains(info, "Post-copy:") || !strings.Contains(info, "Completed") {
 		t.Errorf("the migration did not go through post-copy:\n%s", info)
 	}
+	t.Logf("source migration file:\n%s", info)
 	if st := src.State("g"); st != "shut off (migrated)" {
 		t.Errorf("source state: %q", st)
 	}
@@ -423,16 +492,21 @@ func TestMigratePostcopy(t *testing.T) {
 // TestMigrateDaemonKilled: the source daemon dies (kill -9, through the
 // fault points) after the destination prepared the incoming guest, and
 // after QEMU sent the whole guest but before the destination runs it. After
-// a remount no guest is lost and both states are true; what is left
-// half-way (the waiting incoming guest; the guest paused at both ends) is
-// settled through the destination's ctl, as after a failed libvirt
-// migration.
+// a remount no guest is lost and both states are true. The destination
+// bounds its wait for data (migration_incoming_timeout, 15 s here): the
+// guest waiting for a source that never sends is aborted by the
+// destination itself, the reason in its error; the guest whose data all
+// arrived is not, and is settled through the destination's ctl, as after
+// a failed libvirt migration.
 func TestMigrateDaemonKilled(t *testing.T) {
 	t.Parallel()
+	const bound = "15s"
 	for _, point := range []string{"migrate.prepared", "migrate.sent"} {
 		t.Run(point, func(t *testing.T) {
 			t.Parallel()
-			src, dst, _, b := twoHosts(t)
+			a, b := harness.NewHostPair(t)
+			src := harness.Start(t, harness.Options{Wrap: a.Wrap()})
+			dst := harness.Start(t, harness.Options{Wrap: b.Wrap(), QEMUConf: "migration_incoming_timeout = 15\n"})
 			src.Define("g", strings.Replace(cheapXML("g", 64), "</os>", "</os><features><acpi/></features>", 1))
 			src.MustCtl("g", "start")
 			pid := src.Pid("g")
@@ -451,21 +525,31 @@ func TestMigrateDaemonKilled(t *testing.T) {
 			if got := src.Pid("g"); got != pid || !harness.Alive(pid) {
 				t.Fatalf("source guest: pid %d (was %d), alive %v: the guest was lost", got, pid, harness.Alive(pid))
 			}
-			if st := dst.State("g"); st != "paused (migrating)" {
-				t.Errorf("destination state %q, want paused (migrating)", st)
-			}
 			switch point {
 			case "migrate.prepared":
 				// Nothing moved: the source runs on; the destination's
-				// waiting guest is aborted, and a new migration works.
+				// waiting guest is aborted once the bound expires (it
+				// may have been already), and a new migration works.
 				if st := src.State("g"); !strings.HasPrefix(st, "running") {
 					t.Errorf("source state %q, want running", st)
 				}
-				if err := dst.Ctl("g", "migrate-abort"); err != nil {
-					t.Fatalf("abort at the destination: %v", err)
+				if st := dst.State("g"); st != "paused (migrating)" && st != "undefined" {
+					t.Errorf("destination state %q, want paused (migrating) until the bound expires", st)
+				}
+				dpid := dst.Pid("g")
+				dst.WaitState("g", "undefined", migrateTimeout)
+				msg := dst.ErrorOf("g")
+				for _, want := range []string{"no migration data arrived from the source within " + bound, "still at the source"} {
+					if !strings.Contains(msg, want) {
+						t.Errorf("the destination's error %q lacks %q", msg, want)
+					}
+				}
+				t.Logf("the destination's error: %s", msg)
+				if dpid > 0 && harness.Alive(dpid) {
+					t.Errorf("the destination's waiting QEMU (pid %d) still runs", dpid)
 				}
 				if err := src.Ctl("g", "migrate "+dst.Dir+" --live --uri tcp:"+b.Addr); err != nil {
-					t.Fatalf("migrate again: %v", err)
+					t.Fatalf("migrate again: %v: %s", err, src.ErrorOf("g"))
 				}
 				if st := dst.State("g"); st != "running (migrated)" {
 					t.Errorf("destination after the new migration: %q", st)
@@ -473,9 +557,17 @@ func TestMigrateDaemonKilled(t *testing.T) {
 				dst.MustCtl("g", "destroy")
 			case "migrate.sent":
 				// The whole guest is at the destination, paused at both
-				// ends: the destination runs it, the source's copy goes.
+				// ends; the bound does not end it (its data arrived):
+				// the destination runs it, the source's copy goes.
+				if st := dst.State("g"); st != "paused (migrating)" {
+					t.Errorf("destination state %q, want paused (migrating)", st)
+				}
 				if st := src.State("g"); !strings.HasPrefix(st, "paused") {
 					t.Errorf("source state %q, want paused (QEMU sent the guest)", st)
+				}
+				waitLogLine(t, dst, "g", "data is arriving (QEMU's incoming migration is completed)")
+				if st := dst.State("g"); st != "paused (migrating)" {
+					t.Errorf("destination state %q after the bound expired, want paused (migrating)", st)
 				}
 				if err := dst.Ctl("g", "migrate-finish"); err != nil {
 					t.Fatalf("finish at the destination: %v", err)
@@ -487,5 +579,17 @@ func TestMigrateDaemonKilled(t *testing.T) {
 				dst.MustCtl("g", "destroy")
 			}
 		})
+	}
+}
+
+// waitLogLine waits until NAME's QEMU log at m has a line containing want.
+func waitLogLine(t *testing.T, m *harness.Mount, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(migrateTimeout)
+	for !strings.Contains(m.QEMULog(name), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's log has no %q:\n%s", name, want, m.QEMULog(name))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
