@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 	"syscall"
 
 	"github.com/qemufs/qemufs/internal/errkind"
@@ -396,12 +397,18 @@ func (m *Manager) DefineVolume(ctx context.Context, pool, vol string, data []byt
 // qemuImgCreate runs qemu-img create. QEMU times PBKDF2 for a LUKS key
 // slot with the thread's CPU clock and gives up with "Unable to get
 // accurate CPU usage" when a measurement comes back empty, which happens
-// on a busy machine: that one failure is retried, a few times.
+// on a busy machine, for a while: that one failure is retried, with a
+// growing pause (12 ms a try; 5 tries at once were seen all failing).
 func qemuImgCreate(ctx context.Context, args []string) ([]byte, error) {
-	for try := 0; ; try++ {
+	for try := 1; ; try++ {
 		out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput()
-		if err == nil || try == 4 || !strings.Contains(string(out), "Unable to get accurate CPU usage") {
+		if err == nil || try == 8 || !strings.Contains(string(out), "Unable to get accurate CPU usage") {
 			return out, err
+		}
+		select {
+		case <-ctx.Done():
+			return out, err
+		case <-time.After(time.Duration(try) * 150 * time.Millisecond):
 		}
 	}
 }
