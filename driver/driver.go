@@ -51,6 +51,10 @@ type Options struct {
 	Logger *log.Logger
 	// Version is qemufs's version, written to each guest's log.
 	Version string
+
+	// incomingTimer is Driver.incomingTimer from the start, for tests of
+	// what re-attach arms.
+	incomingTimer func(time.Duration) <-chan time.Time
 }
 
 // Limits on stream history kept in memory per domain.
@@ -121,6 +125,8 @@ func New(opts Options) (*Driver, error) {
 		sec:  opts.Security,
 		nets: opts.Networks,
 		doms: map[string]*dom{},
+
+		incomingTimer: opts.incomingTimer,
 	}
 	d.pools, d.secs = opts.Pools, opts.Secrets
 	if d.caps == nil {

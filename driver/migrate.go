@@ -1181,10 +1181,18 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 		j.set(func(j *migrationJob) { j.phase, j.err = "failed", err.Error() })
 		return err
 	}
+	dm.mu.Lock()
+	r := dm.run
+	dm.mu.Unlock()
+	// The status file now records the waiting migration (where it
+	// listens, the NBD exports, the disks made), for a restarted daemon.
+	if r == nil {
+		return nil // it ended at once; supervision has said why
+	}
+	if err := r.saveStatus(); err != nil {
+		d.logf("%s: status: %v", dm.name, err)
+	}
 	if timeout := d.incomingTimeout(); timeout > 0 {
-		dm.mu.Lock()
-		r := dm.run
-		dm.mu.Unlock()
 		go d.watchIncoming(dm, r, j, timeout)
 	}
 	return nil

@@ -16,6 +16,20 @@ import (
 // matters: a migration may take as long as it takes, and QEMU fails an
 // incoming stream that breaks by itself.
 
+// resumeIncoming takes over, after a daemon restart, a guest waiting for
+// an incoming migration: its job again, so that migrate-finish and
+// migrate-abort work and a failure removes the disks made for it, and the
+// bound on the wait, counted from now.
+func (d *Driver) resumeIncoming(dm *dom, r *run, in *incomingStatus) {
+	j := &migrationJob{phase: "listening", started: time.Now(), def: r.live, uri: in.URI,
+		createdDisks: in.CreatedDisks, nbd: in.NBD, postcopy: in.Postcopy}
+	migrationJobs.Store(dm, j)
+	d.appendLog(r.files.Log, "incoming migration: still waiting on %s (taken over by a restarted daemon)", in.URI)
+	if timeout := d.incomingTimeout(); timeout > 0 {
+		go d.watchIncoming(dm, r, j, timeout)
+	}
+}
+
 // incomingTimeout is how long a prepared destination waits for the
 // source's data; 0 for ever.
 func (d *Driver) incomingTimeout() time.Duration {

@@ -207,3 +207,61 @@ func TestIncomingTimeoutProgressing(t *testing.T) {
 		t.Errorf("the disk being copied: %v", err)
 	}
 }
+
+// TestIncomingReattach: a guest waiting for an incoming migration when
+// the destination's daemon restarts is taken over still waiting: its job
+// is back (migrate-abort works, the NBD exports show), and the bound on
+// the wait is armed again, removing the disk made for a storage copy
+// when it expires.
+func TestIncomingReattach(t *testing.T) {
+	d := newDriver(t)
+	d.conf.MigrationIncomingTimeout = 7
+	disk := filepath.Join(t.TempDir(), "copied.img")
+	waitIncoming(t, d, "a", minimalXML("a"), "")
+	waitIncoming(t, d, "b", diskXML("b", disk), " --copy-storage=vda:1048576")
+	pids := map[string]int{}
+	for _, n := range []string{"a", "b"} {
+		pids[n], _ = d.Pid(n)
+	}
+	d.Close()
+
+	opts := d.opts
+	fire, asked := make(chan time.Time), make(chan time.Duration, 8)
+	opts.incomingTimer = func(t time.Duration) <-chan time.Time { asked <- t; return fire }
+	d2, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	for _, n := range []string{"a", "b"} {
+		if st, _ := d2.StateLine(n); st != "paused (migrating)" {
+			t.Errorf("%s after the restart: %q", n, st)
+		}
+		if p, _ := d2.Pid(n); p != pids[n] {
+			t.Errorf("%s: pid %d, want %d", n, p, pids[n])
+		}
+		if a := <-asked; a != 7*time.Second {
+			t.Errorf("the wait is bounded by %s after the restart, want 7s", a)
+		}
+	}
+	if info, _ := d2.MigrationInfo("b"); !strings.Contains(string(info), "NBD") {
+		t.Errorf("b's migration file after the restart lacks its NBD exports:\n%s", info)
+	}
+	if err := d2.Control(context.Background(), "a", "migrate-abort"); err != nil {
+		t.Fatalf("migrate-abort after the restart: %v", err)
+	}
+	waitStateLine(t, d2, "a", "undefined")
+	close(fire) // every bound expires; only b's guest still waits
+	waitStateLine(t, d2, "b", "undefined")
+	if msg, _ := d2.LastError("b"); !strings.Contains(msg, "no migration data arrived") {
+		t.Errorf("b's error: %q", msg)
+	}
+	for n, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("%s: QEMU (pid %d) still runs", n, pid)
+		}
+	}
+	if _, err := os.Stat(disk); err == nil {
+		t.Errorf("the disk made for the storage copy is left: %s", disk)
+	}
+}

@@ -34,7 +34,34 @@ type status struct {
 	Taints      []string         `json:"taints,omitempty"`
 	TPM         *tpmStatus       `json:"tpm,omitempty"` // the guest's swtpm
 	Live        string           `json:"live"`
-	Starting    bool             `json:"starting,omitempty"` // an unfinished start (startjournal.go)
+	Starting    bool             `json:"starting,omitempty"`  // an unfinished start (startjournal.go)
+	Incoming    *incomingStatus  `json:"incoming,omitempty"`  // waiting for an incoming migration
+	Transient   bool             `json:"transient,omitempty"` // no persistent definition
+}
+
+// incomingStatus is what a restarted daemon needs to take over a guest
+// waiting for an incoming migration: its job (for migrate-finish and
+// migrate-abort, and the bound on the wait) and what a failure removes.
+type incomingStatus struct {
+	URI          string   `json:"uri,omitempty"` // where QEMU listens
+	CreatedDisks []string `json:"created_disks,omitempty"`
+	NBD          string   `json:"nbd,omitempty"`
+	Postcopy     bool     `json:"postcopy,omitempty"`
+}
+
+// incomingOf is the incomingStatus of dm's incoming migration while its
+// guest waits for the source (or is being finished); nil otherwise.
+func incomingOf(dm *dom) *incomingStatus {
+	j := jobOf(dm)
+	if j == nil {
+		return nil
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.outgoing || (j.phase != "starting" && j.phase != "listening" && j.phase != "finishing") {
+		return nil
+	}
+	return &incomingStatus{URI: j.uri, CreatedDisks: j.createdDisks, NBD: j.nbd, Postcopy: j.postcopy}
 }
 
 // saveStatus writes the status file. It lives on the run directory, whose
@@ -42,8 +69,9 @@ type status struct {
 // never leave a torn file.
 func (r *run) saveStatus() error {
 	r.dm.mu.Lock()
-	st := status{State: r.dm.state, Reason: r.dm.reason}
+	st := status{State: r.dm.state, Reason: r.dm.reason, Transient: r.dm.def == nil}
 	r.dm.mu.Unlock()
+	st.Incoming = incomingOf(r.dm)
 	r.mu.Lock()
 	st.Pid, st.StartTime = r.proc.Pid, r.proc.StartTime
 	st.VNCPort, st.SpicePort = r.vncPort, r.spicePort
@@ -113,9 +141,11 @@ func (d *Driver) reattach(name, path string) error {
 	d.mu.Lock()
 	dm, ok := d.doms[name]
 	if !ok {
-		// Its definition vanished while it ran: keep it manageable.
 		dm = d.newDom(name)
-		dm.def, dm.defXML = live, live.XML()
+		if !st.Transient {
+			// Its definition vanished while it ran: keep it manageable.
+			dm.def, dm.defXML = live, live.XML()
+		}
 		d.doms[name] = dm
 	}
 	d.mu.Unlock()
@@ -205,6 +235,9 @@ func (d *Driver) finishReattach(ctx context.Context, dm *dom, r *run, st *status
 	dm.mu.Unlock()
 	d.wg.Add(1)
 	go r.supervise()
+	if st.Incoming != nil && state == StatePaused && reason == ReasonMigrating {
+		d.resumeIncoming(dm, r, st.Incoming)
+	}
 	if missed != nil {
 		d.appendLog(r.files.Log, "the guest stopped while qemufs was not running")
 		missed()
