@@ -232,7 +232,12 @@ func TestIncomingReattach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d2.Close()
+	t.Cleanup(func() { // before newDriver's, which knows only the closed d
+		for _, n := range d2.Names() {
+			d2.Control(context.Background(), n, "destroy")
+		}
+		d2.Close()
+	})
 	for _, n := range []string{"a", "b"} {
 		if st, _ := d2.StateLine(n); st != "paused (migrating)" {
 			t.Errorf("%s after the restart: %q", n, st)
