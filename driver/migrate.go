@@ -786,17 +786,26 @@ func (t destTree) incomingURI(asked string) (string, error) {
 // libvirt sets (QEMU 7.2's own default is 128 MiB/s).
 const unlimitedBandwidth = int64(1) << 50
 
-// setMigrationParams sets this QEMU's migration capabilities and
-// parameters for o: XBZRLE, post-copy, the MIGRATION events the
-// migration waits on, and max-bandwidth.
-func (r *run) setMigrationParams(ctx context.Context, o migrateOptions) error {
+// setMigrationCaps sets the migration capabilities both ends of a
+// migration agree on: XBZRLE, post-copy, and the MIGRATION events each
+// end waits on instead of polling.
+func (r *run) setMigrationCaps(ctx context.Context, compressed, postcopy bool) error {
 	caps := []map[string]any{
-		{"capability": "xbzrle", "state": o.compressed},
-		{"capability": "postcopy-ram", "state": o.postcopy},
+		{"capability": "xbzrle", "state": compressed},
+		{"capability": "postcopy-ram", "state": postcopy},
 		{"capability": "events", "state": true},
 	}
 	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
 		return fmt.Errorf("migrate-set-capabilities: %w", err)
+	}
+	return nil
+}
+
+// setMigrationParams sets this QEMU's migration capabilities and
+// parameters for o: those of setMigrationCaps, and max-bandwidth.
+func (r *run) setMigrationParams(ctx context.Context, o migrateOptions) error {
+	if err := r.setMigrationCaps(ctx, o.compressed, o.postcopy); err != nil {
+		return err
 	}
 	params := map[string]any{"max-bandwidth": unlimitedBandwidth}
 	if o.bandwidth > 0 {
@@ -821,11 +830,7 @@ func (r *run) resetMigrationParams() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	caps := []map[string]any{
-		{"capability": "xbzrle", "state": false},
-		{"capability": "postcopy-ram", "state": false},
-	}
-	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+	if err := r.setMigrationCaps(ctx, false, false); err != nil {
 		r.d.appendLog(r.files.Log, "migration: resetting the capabilities after the failure: %v", err)
 	}
 }
@@ -1192,9 +1197,7 @@ func (d *Driver) startIncoming(ctx context.Context, dm *dom, uri string, postcop
 	if err := r.saveStatus(); err != nil {
 		d.logf("%s: status: %v", dm.name, err)
 	}
-	if timeout := d.incomingTimeout(); timeout > 0 {
-		go d.watchIncoming(dm, r, j, timeout)
-	}
+	d.boundIncoming(dm, r, j)
 	return nil
 }
 
@@ -1212,12 +1215,7 @@ type incomingMigration struct {
 // started with -incoming defer, listen for the migration stream.
 func (d *Driver) listenIncoming(ctx context.Context, r *run, in *incomingMigration) error {
 	name := r.dm.name
-	caps := []map[string]any{
-		{"capability": "xbzrle", "state": in.compressed},
-		{"capability": "postcopy-ram", "state": in.postcopy},
-		{"capability": "events", "state": true}, // finishIncoming waits on them
-	}
-	if err := r.mon.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+	if err := r.setMigrationCaps(ctx, in.compressed, in.postcopy); err != nil {
 		return errorf(ErrIO, "migrate-incoming %s: %w%s", name, err, logTail(r.files.Log))
 	}
 	if err := r.mon.Execute(ctx, "migrate-incoming", map[string]any{"uri": in.listen}, nil); err != nil {

@@ -25,6 +25,12 @@ func (d *Driver) resumeIncoming(dm *dom, r *run, in *incomingStatus) {
 		createdDisks: in.CreatedDisks, nbd: in.NBD, postcopy: in.Postcopy}
 	migrationJobs.Store(dm, j)
 	d.appendLog(r.files.Log, "incoming migration: still waiting on %s (taken over by a restarted daemon)", in.URI)
+	d.boundIncoming(dm, r, j)
+}
+
+// boundIncoming starts the bound on the wait of run r for incoming
+// migration j, unless qemu.conf lets it wait for ever.
+func (d *Driver) boundIncoming(dm *dom, r *run, j *migrationJob) {
 	if timeout := d.incomingTimeout(); timeout > 0 {
 		go d.watchIncoming(dm, r, j, timeout)
 	}
