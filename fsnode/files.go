@@ -257,15 +257,16 @@ func (h *lineStreamHandle) Read(ctx context.Context, dest []byte, off int64) (fu
 		return nil, syscall.EINTR
 	}
 	defer func() { <-h.mu }()
-	if h.pos.ahead(off) {
-		return fuse.ReadResultData(nil), 0
-	}
-	return readStream(ctx, h.rd.ReadLine, dest, &h.pos)
+	return readStream(ctx, h.rd.ReadLine, dest, &h.pos, off)
 }
 
 // readStream blocks for data; an interrupted reader gets EINTR at once.
-// What is read moves pos, if there is one.
-func readStream(ctx context.Context, read func(context.Context, []byte) (int, error), dest []byte, pos *cursor) (fuse.ReadResult, syscall.Errno) {
+// With a cursor pos, a read at off beyond it ends at once, and what is
+// read moves it.
+func readStream(ctx context.Context, read func(context.Context, []byte) (int, error), dest []byte, pos *cursor, off int64) (fuse.ReadResult, syscall.Errno) {
+	if pos != nil && pos.ahead(off) {
+		return fuse.ReadResultData(nil), 0
+	}
 	n, err := read(ctx, dest)
 	if pos != nil {
 		pos.moved(n)
@@ -292,7 +293,7 @@ var (
 )
 
 func (h *consoleHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return readStream(ctx, h.c.Read, dest, nil)
+	return readStream(ctx, h.c.Read, dest, nil, off)
 }
 
 func (h *consoleHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
@@ -323,10 +324,7 @@ var (
 )
 
 func (h *sessionHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h.pos.ahead(off) {
-		return fuse.ReadResultData(nil), 0
-	}
-	return readStream(ctx, h.s.Read, dest, &h.pos)
+	return readStream(ctx, h.s.Read, dest, &h.pos, off)
 }
 
 func (h *sessionHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
