@@ -70,7 +70,8 @@ func (t *Table[E]) Lookup(name string) (E, error) {
 	return e, nil
 }
 
-// Get returns the object called name, or nil; the caller holds the lock.
+// Get returns the object called name and whether there is one; the
+// caller holds the lock.
 func (t *Table[E]) Get(name string) (E, bool) {
 	e, ok := t.objs[name]
 	return e, ok
